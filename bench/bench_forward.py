@@ -1,0 +1,94 @@
+"""Forward-pass throughput: scratch vs Keras `model.predict`, same inputs, same batch size, one run.
+
+Prints images/s (or sequences/s) for both and the ratio scratch / Keras. Targets: CNN ≥ 0.5×,
+recurrent ≥ 1.0×.
+
+    python bench/bench_forward.py [--batch-size 128] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+
+def seed_cnn():
+    """The seed report's CNN: 32-32-64-64-128-128 3×3 convs, max-pooling, Dense 128, Dense 10."""
+    import keras
+    from keras import layers as L
+
+    stack = [keras.Input((32, 32, 3))]
+    for filters in (32, 64, 128):
+        stack += [L.Conv2D(filters, 3, padding="same", activation="relu"),
+                  L.Conv2D(filters, 3, padding="same", activation="relu"), L.MaxPooling2D()]
+    stack += [L.Flatten(), L.Dense(128, activation="relu"), L.Dense(10, activation="softmax")]
+    return keras.Sequential(stack, name="seed_cnn")
+
+
+def text_model(cell: str):
+    import keras
+    from keras import layers as L
+
+    inputs = keras.Input((60,), dtype="int32")
+    x = L.Embedding(2000, 64, mask_zero=True)(inputs)
+    x = (L.Bidirectional(L.LSTM(64)) if cell == "lstm" else L.SimpleRNN(64))(x)
+    return keras.Model(inputs, L.Dense(3, activation="softmax")(x), name=f"bench_{cell}")
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up (graph tracing, caches)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def compare(name: str, keras_model, x, batch_size: int, repeats: int) -> dict:
+    from models import load_scratch
+
+    scratch = load_scratch(keras_model)
+    t_keras = best_time(lambda: keras_model.predict(x, batch_size=batch_size, verbose=0), repeats)
+    t_scratch = best_time(lambda: scratch.predict_proba(x, batch_size=batch_size), repeats)
+    diff = float(np.abs(keras_model.predict(x, batch_size=batch_size, verbose=0)
+                        - scratch.predict_proba(x, batch_size=batch_size)).max())
+    n = len(x)
+    return {"name": name, "n": n, "keras": n / t_keras, "scratch": n / t_scratch, "ratio": t_keras / t_scratch,
+            "max_diff": diff}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    from rich.console import Console
+    from rich.table import Table
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (1000, 32, 32, 3)).astype(np.float32)
+    ids = rng.integers(1, 2000, (400, 60)).astype(np.int32)
+    lengths = rng.integers(5, 61, 400)
+    ids[np.arange(60)[None, :] >= lengths[:, None]] = 0  # post-padded, mixed real lengths
+
+    rows = [compare("CNN (6 conv, 1,000 images)", seed_cnn(), images, args.batch_size, args.repeats),
+            compare("Bidirectional LSTM(64) (400 × 60)", text_model("lstm"), ids, args.batch_size, args.repeats),
+            compare("SimpleRNN(64) (400 × 60)", text_model("simple_rnn"), ids, args.batch_size, args.repeats)]
+    table = Table(title=f"forward throughput, batch size {args.batch_size}, best of {args.repeats}")
+    for col in ("model", "Keras /s", "scratch /s", "scratch ÷ Keras", "max |Δp|"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for r in rows:
+        table.add_row(r["name"], f"{r['keras']:.0f}", f"{r['scratch']:.0f}", f"{r['ratio']:.2f}×", f"{r['max_diff']:.1e}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

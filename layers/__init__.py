@@ -1,0 +1,25 @@
+"""NumPy from-scratch layers that read Keras weights and reproduce Keras's outputs.
+
+No TensorFlow import anywhere in this package.
+"""
+from layers.base import Layer
+from layers.conv import Conv2D
+from layers.core import Activation, Dense, Dropout, Flatten, InputLayer, Rescaling, Reshape, Softmax
+from layers.embedding import Embedding, TextVectorization
+from layers.errors import (InputShapeError, ModelStructureError, NNTraceError, UnsupportedLayerError,
+                           WeightMismatchError)
+from layers.normalization import BatchNormalization
+from layers.pooling import AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
+from layers.recurrent import LSTM, Bidirectional, SimpleRNN
+
+#: Keras class name → scratch class.
+LAYER_CLASSES: dict[str, type[Layer]] = {
+    cls.__name__: cls
+    for cls in (Conv2D, MaxPooling2D, AveragePooling2D, GlobalMaxPooling2D, GlobalAveragePooling2D, Flatten,
+                Reshape, Dense, Activation, Softmax, Rescaling, BatchNormalization, Dropout, Embedding,
+                TextVectorization, SimpleRNN, LSTM, Bidirectional, InputLayer)
+}
+SUPPORTED_LAYERS: list[str] = sorted(n for n in LAYER_CLASSES if n != "InputLayer")
+
+__all__ = ["Layer", "LAYER_CLASSES", "SUPPORTED_LAYERS", "NNTraceError", "UnsupportedLayerError",
+           "InputShapeError", "WeightMismatchError", "ModelStructureError", *LAYER_CLASSES]

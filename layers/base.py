@@ -1,0 +1,125 @@
+"""The base class every scratch layer shares: a name, Keras-named weights, a vectorised forward."""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from layers import activations
+from layers.errors import InputShapeError, UnsupportedLayerError, WeightMismatchError
+
+Shape = tuple  # a weight shape template: ints, or None where any size fits
+
+
+class Layer:
+    """One Keras layer reproduced in NumPy.
+
+    Subclasses set `config_keys` (the Keras constructor arguments they read), define
+    `weight_shapes()` (Keras order and names) and `call(x, mask, training)`.
+    """
+
+    config_keys: ClassVar[tuple[str, ...]] = ()
+    defaults: ClassVar[dict[str, Any]] = {}  # Keras's constructor defaults for those arguments
+    supports_masking: ClassVar[bool] = False  # passes an incoming mask on unchanged
+
+    def __init__(self, name: str, **config: Any) -> None:
+        self.name = name
+        self.config = {**self.defaults, **{k: config[k] for k in self.config_keys if k in config}}
+        self.weights: dict[str, np.ndarray] = {}
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict) -> "Layer":
+        """Build from a Keras `get_config()` dict (unknown keys are ignored)."""
+        cfg = dict(config)
+        name = cfg.pop("name", cls.__name__.lower())
+        layer = cls(name, **{k: v for k, v in cfg.items() if k in cls.config_keys})
+        layer.check_config(cfg)
+        return layer
+
+    def check_config(self, config: dict) -> None:
+        """Raise UnsupportedLayerError for Keras settings this layer cannot reproduce."""
+        if config.get("data_format", "channels_last") not in (None, "channels_last"):
+            self.unsupported("only data_format='channels_last' is supported")
+
+    def get_config(self) -> dict:
+        return {"name": self.name, **self.config}
+
+    def unsupported(self, detail: str) -> None:
+        from layers import SUPPORTED_LAYERS
+
+        raise UnsupportedLayerError(self.name, type(self).__name__, SUPPORTED_LAYERS, detail)
+
+    # -- weights --------------------------------------------------------------------------------
+    def weight_shapes(self) -> dict[str, Shape]:
+        """Weight names in Keras's `get_weights()` order, with their shape templates."""
+        return {}
+
+    def get_weights(self) -> list[np.ndarray]:
+        return [self.weights[n] for n in self.weight_shapes()]
+
+    def set_weights(self, arrays: Sequence[np.ndarray]) -> None:
+        """Take weights in Keras's `get_weights()` order; check their count and shapes."""
+        shapes = self.weight_shapes()
+        if len(arrays) != len(shapes):
+            raise WeightMismatchError(
+                f"layer '{self.name}' ({type(self).__name__}) takes {len(shapes)} weight arrays "
+                f"({', '.join(shapes) or 'none'}), got {len(arrays)}"
+            )
+        new = {}
+        for (wname, template), arr in zip(shapes.items(), arrays):
+            arr = np.asarray(arr)
+            if len(arr.shape) != len(template) or any(
+                t is not None and t != s for t, s in zip(template, arr.shape)
+            ):
+                want = "(" + ", ".join("*" if t is None else str(t) for t in template) + ")"
+                raise WeightMismatchError(
+                    f"layer '{self.name}' ({type(self).__name__}) weight '{wname}' must have shape "
+                    f"{want}, got {arr.shape}"
+                )
+            new[wname] = arr if arr.dtype.kind in "UO" else arr.astype(np.float32)
+        self.weights = new
+        self.built()
+
+    def built(self) -> None:
+        """Hook run after weights are set (derive cached arrays here)."""
+
+    # -- forward --------------------------------------------------------------------------------
+    def __call__(self, x: np.ndarray, mask: np.ndarray | None = None, training: bool = False):
+        return self.forward(x, mask=mask, training=training)
+
+    def forward(self, x: np.ndarray, mask: np.ndarray | None = None, training: bool = False):
+        """Vectorised forward pass over the batch."""
+        if self.weight_shapes() and not self.weights:
+            raise WeightMismatchError(f"layer '{self.name}' ({type(self).__name__}) has no weights yet")
+        return self.call(x, mask, training)
+
+    def call(self, x: np.ndarray, mask: np.ndarray | None, training: bool):
+        raise NotImplementedError
+
+    def compute_mask(self, x: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
+        """The mask this layer passes on (Keras's `compute_mask`)."""
+        return mask if self.supports_masking else None
+
+    # -- helpers --------------------------------------------------------------------------------
+    def expect(self, x: np.ndarray, ndim: int | None, last: int | None, what: str) -> None:
+        """Check rank (None: any rank ≥ 2) and last axis of a numeric input; raise InputShapeError."""
+        if not isinstance(x, np.ndarray) or x.dtype.kind not in "fiub":
+            raise InputShapeError(self.name, type(self).__name__, f"a numeric array {what}",
+                                  f"{type(x).__name__} of dtype {getattr(x, 'dtype', '?')}")
+        if (x.ndim < 2 if ndim is None else x.ndim != ndim) or (last is not None and x.shape[-1] != last):
+            raise InputShapeError(self.name, type(self).__name__, f"of shape {what}", f"shape {x.shape}")
+
+    def activation_fn(self, key: str = "activation"):
+        try:
+            return activations.get(self.config.get(key, "linear"))
+        except ValueError as exc:
+            self.unsupported(str(exc))
+
+    def __repr__(self) -> str:
+        shapes = {k: v.shape for k, v in self.weights.items()}
+        return f"{type(self).__name__}('{self.name}'{', ' if shapes else ''}{shapes or ''})"
+
+
+def as_float32(x: np.ndarray) -> np.ndarray:
+    return x if x.dtype == np.float32 else x.astype(np.float32)

@@ -1,0 +1,119 @@
+"""Conv2D as im2col + one matrix product, chunked over the batch so the columns stay in cache."""
+from __future__ import annotations
+
+import numpy as np
+
+from layers.base import Layer, as_float32
+
+
+def pair(value: int | tuple | list) -> tuple[int, int]:
+    """Keras accepts `3` or `(3, 3)`; always return a pair."""
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    a, b = value
+    return int(a), int(b)
+
+
+def same_padding(size: int, window: int, stride: int) -> tuple[int, int, int]:
+    """TensorFlow's `same` rule: (pad_before, pad_after, out_size); the odd extra cell goes after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2, out
+
+
+def output_geometry(h: int, w: int, kernel: tuple[int, int], strides: tuple[int, int], padding: str):
+    """((top, bottom), (left, right), out_h, out_w) for `valid` or `same` padding."""
+    if padding == "same":
+        top, bottom, oh = same_padding(h, kernel[0], strides[0])
+        left, right, ow = same_padding(w, kernel[1], strides[1])
+        return (top, bottom), (left, right), oh, ow
+    oh = (h - kernel[0]) // strides[0] + 1
+    ow = (w - kernel[1]) // strides[1] + 1
+    return (0, 0), (0, 0), oh, ow
+
+
+class Conv2D(Layer):
+    """2-D cross-correlation (no kernel flip), channels last.
+
+    Input shape: `(batch, height, width, in_channels)`.
+    Output shape: `(batch, out_height, out_width, filters)`.
+    Weights: kernel `(kh, kw, in_channels, filters)`, bias `(filters,)`.
+    """
+
+    config_keys = ("filters", "kernel_size", "strides", "padding", "activation", "use_bias",
+                   "dilation_rate", "groups")
+    defaults = {"strides": 1, "padding": "valid", "activation": "linear", "use_bias": True}
+    #: im2col rows per chunk: ~4k rows × (kh·kw·cin) floats keeps the columns in L2/L3.
+    chunk_rows = 4096
+
+    def check_config(self, config):
+        super().check_config(config)
+        if pair(config.get("dilation_rate", 1)) != (1, 1):
+            self.unsupported("dilation_rate other than 1 is not supported")
+        if int(config.get("groups", 1)) != 1:
+            self.unsupported("groups other than 1 is not supported")
+        if config.get("padding", "valid") not in ("valid", "same"):
+            self.unsupported(f"padding '{config.get('padding')}' is not supported (valid, same)")
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return pair(self.config["kernel_size"])
+
+    @property
+    def strides(self) -> tuple[int, int]:
+        return pair(self.config.get("strides", 1))
+
+    @property
+    def padding(self) -> str:
+        return self.config.get("padding", "valid")
+
+    def weight_shapes(self):
+        kh, kw = self.kernel_size
+        shapes = {"kernel": (kh, kw, None, self.config["filters"])}
+        if self.config.get("use_bias", True):
+            shapes["bias"] = (self.config["filters"],)
+        return shapes
+
+    def built(self):
+        k = self.weights["kernel"]
+        self.kernel_matrix = np.ascontiguousarray(k.reshape(-1, k.shape[-1]))  # rows ordered (kh, kw, cin)
+        self.act = self.activation_fn()
+
+    def pad(self, x: np.ndarray) -> tuple[np.ndarray, int, int]:
+        """Zero-pad `(batch, h, w, c)` for this layer; returns (padded, out_h, out_w)."""
+        (t, b), (l, r), oh, ow = output_geometry(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
+        if t or b or l or r:
+            x = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+        return x, oh, ow
+
+    def im2col(self, xp: np.ndarray, oh: int, ow: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Padded `(n, H, W, cin)` → columns `(n, oh, ow, kh, kw, cin)`: one row per output pixel."""
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        n, c = xp.shape[0], xp.shape[3]
+        cols = np.empty((n, oh, ow, kh, kw, c), np.float32) if out is None else out[:n]
+        for i in range(kh):  # loops over kernel offsets only; every pixel moves in one slice
+            for j in range(kw):
+                cols[:, :, :, i, j, :] = xp[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
+        return cols
+
+    def call(self, x, mask, training):
+        kernel = self.weights["kernel"]
+        cin = kernel.shape[2]
+        self.expect(x, 4, cin, f"(batch, height, width, {cin})")
+        kh, kw = self.kernel_size
+        if self.padding == "valid" and (x.shape[1] < kh or x.shape[2] < kw):
+            self.expect(np.empty((0, 0)), 4, None, f"at least {kh}×{kw} pixels, got {x.shape[1]}×{x.shape[2]}")
+        xp, oh, ow = self.pad(as_float32(x))
+        n = x.shape[0]
+        filters = kernel.shape[-1]
+        out = np.empty((n, oh, ow, filters), np.float32)
+        step = max(1, self.chunk_rows // max(oh * ow, 1))
+        buf = np.empty((min(step, n), oh, ow, kh, kw, cin), np.float32)
+        for s in range(0, n, step):
+            cols = self.im2col(xp[s:s + step], oh, ow, buf)
+            z = out[s:s + step].reshape(-1, filters)
+            np.matmul(cols.reshape(-1, kh * kw * cin), self.kernel_matrix, out=z)
+            if "bias" in self.weights:
+                z += self.weights["bias"]
+            z[...] = self.act(z)
+        return out

@@ -1,0 +1,131 @@
+"""Dense, Flatten, Activation, Softmax, Rescaling, Dropout, Reshape, InputLayer."""
+from __future__ import annotations
+
+import numpy as np
+
+from layers import activations
+from layers.base import Layer, as_float32
+from layers.errors import InputShapeError
+
+
+class Dense(Layer):
+    """`activation(x @ kernel + bias)` on the last axis.
+
+    Input shape: `(batch, ..., in)`. Output shape: `(batch, ..., units)`.
+    Weights: kernel `(in, units)`, bias `(units,)`.
+    """
+
+    config_keys = ("units", "activation", "use_bias")
+    defaults = {"activation": "linear", "use_bias": True}
+    supports_masking = True
+
+    def weight_shapes(self):
+        units = self.config["units"]
+        shapes = {"kernel": (None, units)}
+        if self.config.get("use_bias", True):
+            shapes["bias"] = (units,)
+        return shapes
+
+    def built(self):
+        self.act = self.activation_fn()
+
+    def pre_activation(self, x: np.ndarray) -> np.ndarray:
+        z = as_float32(x) @ self.weights["kernel"]
+        if "bias" in self.weights:
+            z += self.weights["bias"]
+        return z
+
+    def call(self, x, mask, training):
+        n_in = self.weights["kernel"].shape[0]
+        self.expect(x, None, n_in, f"(batch, ..., {n_in})")
+        return self.act(self.pre_activation(x))
+
+
+class Flatten(Layer):
+    """Row-major flatten of everything after the batch axis: `(batch, h, w, c)` → `(batch, h*w*c)`."""
+
+    def call(self, x, mask, training):
+        if not isinstance(x, np.ndarray) or x.ndim < 2:
+            raise InputShapeError(self.name, "Flatten", "of shape (batch, ...)", getattr(x, "shape", type(x)))
+        return x.reshape(x.shape[0], -1)
+
+
+class Reshape(Layer):
+    """Reshape everything after the batch axis to `target_shape`."""
+
+    config_keys = ("target_shape",)
+
+    def call(self, x, mask, training):
+        target = tuple(self.config["target_shape"])
+        if int(np.prod(x.shape[1:])) != int(np.prod([t for t in target if t != -1])) and -1 not in target:
+            raise InputShapeError(self.name, "Reshape", f"with {int(np.prod(target))} values per sample", x.shape)
+        return x.reshape((x.shape[0],) + target)
+
+
+class Activation(Layer):
+    """An activation on its own: `(batch, ...)` → same shape."""
+
+    config_keys = ("activation",)
+    supports_masking = True
+
+    def built(self):
+        self.act = self.activation_fn()
+
+    def call(self, x, mask, training):
+        return self.act(as_float32(x))
+
+    def check_config(self, config):
+        super().check_config(config)
+        self.act = self.activation_fn()
+
+
+class Softmax(Layer):
+    """Softmax over `axis` (default the last)."""
+
+    config_keys = ("axis",)
+    supports_masking = True
+
+    def call(self, x, mask, training):
+        return activations.softmax(as_float32(x), axis=self.config.get("axis", -1))
+
+
+class Rescaling(Layer):
+    """`x * scale + offset`, e.g. raw 0–255 pixels to 0–1."""
+
+    config_keys = ("scale", "offset")
+    defaults = {"scale": 1.0, "offset": 0.0}
+    supports_masking = True
+
+    def call(self, x, mask, training):
+        self.expect(x, None, None, "(batch, ...)")
+        scale = np.asarray(self.config.get("scale", 1.0), np.float32)
+        offset = np.asarray(self.config.get("offset", 0.0), np.float32)
+        return as_float32(x) * scale + offset
+
+
+class Dropout(Layer):
+    """Identity at inference; inverted dropout (keep with prob 1-rate, scale 1/(1-rate)) in training.
+
+    The training-time RNG is seedable through `seed` in the config or `self.rng`.
+    """
+
+    config_keys = ("rate", "seed", "noise_shape")
+    supports_masking = True
+
+    def __init__(self, name, **config):
+        super().__init__(name, **config)
+        self.rng = np.random.default_rng(self.config.get("seed"))
+
+    def call(self, x, mask, training):
+        rate = float(self.config.get("rate", 0.0))
+        if not training or rate == 0.0:
+            return x
+        keep = self.rng.random(x.shape) >= rate
+        return np.where(keep, as_float32(x) / np.float32(1.0 - rate), np.float32(0.0))
+
+
+class InputLayer(Layer):
+    """Keras's placeholder for the model input; identity."""
+
+    def call(self, x, mask, training):
+        return x

@@ -1,0 +1,89 @@
+"""Max/average pooling over windows (vectorised with sliding windows) and global pooling."""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from layers.base import Layer, as_float32
+from layers.conv import output_geometry, pair
+
+
+class Pooling2D(Layer):
+    """Shared window logic. Input `(batch, h, w, c)` → output `(batch, out_h, out_w, c)`."""
+
+    config_keys = ("pool_size", "strides", "padding")
+    defaults = {"pool_size": 2, "strides": None, "padding": "valid"}
+    reduce = "max"
+
+    def check_config(self, config):
+        super().check_config(config)
+        if config.get("padding", "valid") not in ("valid", "same"):
+            self.unsupported(f"padding '{config.get('padding')}' is not supported (valid, same)")
+
+    @property
+    def pool_size(self) -> tuple[int, int]:
+        return pair(self.config.get("pool_size", 2))
+
+    @property
+    def strides(self) -> tuple[int, int]:
+        s = self.config.get("strides")
+        return self.pool_size if s is None else pair(s)
+
+    def windows(self, x: np.ndarray, fill: float) -> tuple[np.ndarray, np.ndarray | None]:
+        """Windows `(batch, out_h, out_w, c, ph, pw)` (a view) and, for `same`, the real-cell mask."""
+        (t, b), (l, r), oh, ow = output_geometry(x.shape[1], x.shape[2], self.pool_size, self.strides,
+                                                 self.config.get("padding", "valid"))
+        real = None
+        if t or b or l or r:
+            real = np.pad(np.ones(x.shape[1:3], np.float32), ((t, b), (l, r)))
+            x = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=fill)
+        (ph, pw), (sh, sw) = self.pool_size, self.strides
+        v = sliding_window_view(x, (ph, pw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
+        if real is not None:
+            real = sliding_window_view(real, (ph, pw))[::sh, ::sw][:oh, :ow]  # (oh, ow, ph, pw)
+        return v, real
+
+    def call(self, x, mask, training):
+        self.expect(x, 4, None, "(batch, height, width, channels)")
+        x = as_float32(x)
+        if self.reduce == "max":
+            v, _ = self.windows(x, -np.inf)
+            return v.max(axis=(-2, -1))
+        v, real = self.windows(x, 0.0)
+        total = v.sum(axis=(-2, -1))
+        if real is None:
+            return total / np.float32(self.pool_size[0] * self.pool_size[1])
+        return total / real.sum(axis=(-2, -1))[None, :, :, None]
+
+
+class MaxPooling2D(Pooling2D):
+    """Maximum of each window."""
+
+    reduce = "max"
+
+
+class AveragePooling2D(Pooling2D):
+    """Mean of each window; with `same` padding the mean is over the real (unpadded) cells only."""
+
+    reduce = "mean"
+
+
+class GlobalPooling2D(Layer):
+    """Reduce over height and width: `(batch, h, w, c)` → `(batch, c)` (or `(batch, 1, 1, c)`)."""
+
+    config_keys = ("keepdims",)
+    reduce = "max"
+
+    def call(self, x, mask, training):
+        self.expect(x, 4, None, "(batch, height, width, channels)")
+        keep = bool(self.config.get("keepdims", False))
+        x = as_float32(x)
+        return x.max(axis=(1, 2), keepdims=keep) if self.reduce == "max" else x.mean(axis=(1, 2), keepdims=keep)
+
+
+class GlobalMaxPooling2D(GlobalPooling2D):
+    reduce = "max"
+
+
+class GlobalAveragePooling2D(GlobalPooling2D):
+    reduce = "mean"

@@ -1,0 +1,90 @@
+"""Keras architectures of the reference models and the experiment variants."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class CNNSettings:
+    """A CIFAR-10 CNN: blocks of two 'same' convolutions, each block followed by pooling."""
+
+    conv_layers: int = 6
+    filters: tuple[int, ...] = (32, 64, 128)  # one entry per block of two conv layers
+    kernel_size: int = 3
+    pooling: str = "max"  # max | average
+    batch_norm: bool = True
+    dense_units: int = 128
+    dropout: float = 0.3
+    augment: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TextSettings:
+    """A NusaX sentiment model: TextVectorization → Embedding → (Bi)RNN stack → Dropout → Dense."""
+
+    cell: str = "lstm"  # lstm | simple_rnn
+    rnn_layers: int = 1
+    units: int = 64
+    bidirectional: bool = True
+    embedding_dim: int = 64
+    max_tokens: int = 5000
+    sequence_length: int = 64
+    dropout: float = 0.5
+    learning_rate: float = 2e-3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_cnn(s: CNNSettings, num_classes: int = 10, seed: int = 0):
+    """Raw 0–255 RGB `(n, 32, 32, 3)` in (a Rescaling layer inside), class probabilities out."""
+    import keras
+    from keras import layers as L
+
+    keras.utils.set_random_seed(seed)
+    per_block = [2] * (s.conv_layers // 2) + ([1] if s.conv_layers % 2 else [])
+    model = [keras.Input((32, 32, 3), name="image"), L.Rescaling(1 / 255.0, name="rescaling")]
+    pool = L.MaxPooling2D if s.pooling == "max" else L.AveragePooling2D
+    n = 0
+    for b, count in enumerate(per_block):
+        filters = s.filters[min(b, len(s.filters) - 1)]
+        for _ in range(count):
+            n += 1
+            if s.batch_norm:
+                model += [L.Conv2D(filters, s.kernel_size, padding="same", use_bias=False, name=f"conv2d_{n}"),
+                          L.BatchNormalization(name=f"batch_norm_{n}"), L.Activation("relu", name=f"relu_{n}")]
+            else:
+                model.append(L.Conv2D(filters, s.kernel_size, padding="same", activation="relu", name=f"conv2d_{n}"))
+        model.append(pool(2, name=f"{s.pooling}_pool_{b + 1}"))
+    model += [L.Flatten(name="flatten"), L.Dropout(s.dropout, name="dropout_1"),
+              L.Dense(s.dense_units, activation="relu", name="dense_1"), L.Dropout(s.dropout, name="dropout_2"),
+              L.Dense(num_classes, activation="softmax", name="predictions")]
+    return keras.Sequential(model, name="cifar10_cnn")
+
+
+def build_text_model(s: TextSettings, train_texts, num_classes: int = 3, seed: int = 0):
+    """Raw strings in (a TextVectorization adapted on `train_texts` inside), probabilities out."""
+    import keras
+    import numpy as np
+    from keras import layers as L
+
+    keras.utils.set_random_seed(seed)
+    vectorizer = L.TextVectorization(max_tokens=s.max_tokens, output_sequence_length=s.sequence_length,
+                                     name="text_vectorization")
+    vectorizer.adapt(np.asarray(train_texts))
+    rnn = {"lstm": L.LSTM, "simple_rnn": L.SimpleRNN}[s.cell]
+    inputs = keras.Input(shape=(1,), dtype="string", name="text")
+    x = vectorizer(inputs)
+    x = L.Embedding(len(vectorizer.get_vocabulary()), s.embedding_dim, mask_zero=True, name="embedding")(x)
+    for i in range(s.rnn_layers):
+        last = i == s.rnn_layers - 1
+        layer = rnn(s.units, return_sequences=not last, name=f"{s.cell}_{i + 1}")
+        if s.bidirectional:
+            layer = L.Bidirectional(layer, name=f"bidirectional_{i + 1}")
+        x = layer(x)
+    x = L.Dropout(s.dropout, name="dropout")(x)
+    outputs = L.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=f"nusax_{s.cell}")

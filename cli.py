@@ -57,6 +57,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiments(args: argparse.Namespace) -> int:
+    from models.experiments import GROUPS, run_experiments
+
+    unknown = [g for g in args.only or [] if g not in GROUPS and g not in ("cnn", "rnn", "lstm")]
+    if unknown:
+        print(f"nntrace: unknown group(s) {', '.join(unknown)}; groups: {', '.join(GROUPS)} "
+              "(or a family: cnn, rnn, lstm)", file=sys.stderr)
+        return 2
+    out = Path(args.out or ("runs/experiments-quick" if args.quick else "reports"))
+    log = open(args.log, "a", encoding="utf-8") if args.log else None
+    try:
+        results = run_experiments(out, only=args.only, quick=args.quick, data_dir=args.data, log=log,
+                                  progress=not args.no_progress)
+    finally:
+        if log:
+            log.close()
+    print(f"{len(results)} variants in {out / 'experiments.json'}; report: {out / 'experiments.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nntrace", description="Step through a neural network's forward pass.")
     sub = parser.add_subparsers(dest="command")
@@ -74,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (for background runs)")
     train.set_defaults(func=cmd_train)
+
+    exp = sub.add_parser("experiments", help="train and evaluate the hyperparameter grid (resumable)")
+    exp.add_argument("--only", nargs="+", metavar="GROUP", help="only these groups (or families cnn/rnn/lstm)")
+    exp.add_argument("--quick", action="store_true", help="small subsets and 2 epochs (default out: runs/)")
+    exp.add_argument("--out", help="output directory (default: reports)")
+    exp.add_argument("--data", help="data directory")
+    exp.add_argument("--log", help="append progress lines to this file")
+    exp.add_argument("--no-progress", action="store_true")
+    exp.set_defaults(func=cmd_experiments)
     return parser
 
 

@@ -110,8 +110,11 @@ def fit(kind: str, settings: CNNSettings | TextSettings, data: Splits, out_dir: 
         patience: int = 6) -> RunResult:
     """Train one model, keep the weights of the best validation epoch, evaluate, save everything."""
     import keras
+    import tensorflow as tf
 
     from models.progress import TrainingProgress
+
+    tf.get_logger().setLevel("ERROR")  # retracing notices between variants are expected
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if kind == "cnn":
@@ -137,7 +140,8 @@ def fit(kind: str, settings: CNNSettings | TextSettings, data: Splits, out_dir: 
     tracker = TrainingProgress(name, epochs, backup / "history.json", log=log, show=progress)
     callbacks.append(tracker)
     started = time.time()
-    model.fit(train, validation_data=(keras_input(val[0]), val[1]), epochs=epochs, callbacks=callbacks, verbose=0)
+    model.fit(train, validation_data=(keras_input(val[0]), val[1]), epochs=epochs, callbacks=callbacks, verbose=0,
+              shuffle=False)  # the dataset shuffles itself
     seconds = time.time() - started
     history = tracker.history
 

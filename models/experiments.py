@@ -1,0 +1,197 @@
+"""The hyperparameter grid: each variant trained and evaluated the same way, results saved as they come.
+
+`run_experiments()` appends one record per finished variant to `<out>/experiments.json` (so a killed
+run loses at most the variant in progress and a restart skips what is done), draws one loss-curve
+figure per group, and writes `<out>/experiments.md`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, TextIO
+
+from models.builders import CNNSettings, TextSettings
+
+
+@dataclass(frozen=True)
+class Variant:
+    group: str
+    label: str  # what changes, e.g. "kernel 5×5"
+    kind: str   # cnn | rnn | lstm
+    settings: CNNSettings | TextSettings
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}/{self.label}"
+
+
+#: Experiments use the seed report's plain CNN (no batch norm, no augmentation) so the effect of
+#: each setting shows; the shipped default adds both.
+CNN_BASE = CNNSettings(batch_norm=False, augment=False, dropout=0.3)
+TEXT_BASE = {"rnn": TextSettings(cell="simple_rnn", bidirectional=False),
+             "lstm": TextSettings(cell="lstm", bidirectional=False)}
+
+
+def grid() -> list[Variant]:
+    v = []
+    for n in (2, 4, 6):
+        v.append(Variant("cnn_conv_layers", f"{n} conv layers", "cnn", replace(CNN_BASE, conv_layers=n)))
+    for f in ((16, 32, 64), (32, 64, 128), (64, 128, 256)):
+        v.append(Variant("cnn_filters", "-".join(map(str, f)) + " filters", "cnn", replace(CNN_BASE, filters=f)))
+    for k in (3, 5, 7):
+        v.append(Variant("cnn_kernel_size", f"kernel {k}×{k}", "cnn", replace(CNN_BASE, kernel_size=k)))
+    for p in ("max", "average"):
+        v.append(Variant("cnn_pooling", f"{p} pooling", "cnn", replace(CNN_BASE, pooling=p)))
+    for kind, base in TEXT_BASE.items():
+        for n in (1, 2, 3):
+            v.append(Variant(f"{kind}_layers", f"{n} layer{'s' * (n > 1)}", kind, replace(base, rnn_layers=n)))
+        for u in (32, 64, 128):
+            v.append(Variant(f"{kind}_units", f"{u} units", kind, replace(base, units=u)))
+        for bi in (False, True):
+            v.append(Variant(f"{kind}_direction", "bidirectional" if bi else "unidirectional", kind,
+                             replace(base, bidirectional=bi)))
+    return v
+
+
+GROUPS = sorted({v.group for v in grid()})
+
+
+def load_results(path: Path) -> list[dict]:
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def save_results(path: Path, results: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(path)
+
+
+def run_experiments(out: Path, only: list[str] | None = None, quick: bool = False, data_dir=None,
+                    log: TextIO | None = None, progress: bool = True,
+                    say: Callable[[str], None] = print) -> list[dict]:
+    """Train every variant not yet in `<out>/experiments.json`; returns all records."""
+    from models.data import load_cifar10, load_nusax
+    from models.train import fit
+
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "experiments.json"
+    results = load_results(results_path)
+    done = {r["key"] for r in results}
+    todo = [v for v in grid() if (not only or v.group in only or v.kind in only) and v.key not in done]
+    data = {}
+    for i, variant in enumerate(todo, 1):
+        family = "cnn" if variant.kind == "cnn" else "text"
+        if family not in data:
+            data[family] = load_cifar10(data_dir) if family == "cnn" else load_nusax(data_dir)
+            if quick:
+                data[family] = data[family].subset(*((1000, 300) if family == "cnn" else (300, 100)))
+        epochs, batch = (2, 64) if quick else ((15, 128) if family == "cnn" else (40, 32))
+        say(f"[{i}/{len(todo)}] {variant.key}")
+        name = variant.key.replace("/", "__").replace(" ", "_").replace("×", "x")
+        run = fit(variant.kind, variant.settings, data[family], out / "runs", name, epochs, batch,
+                  log=log, progress=progress, patience=4 if family == "cnn" else 8)
+        m = run.metrics
+        results.append({"key": variant.key, "group": variant.group, "label": variant.label, "kind": variant.kind,
+                        "settings": variant.settings.to_dict(), "keras_f1": m["keras_f1"],
+                        "scratch_f1": m["scratch_f1"], "agreement": m["agreement"],
+                        "max_prob_diff": m["max_prob_diff"], "val_keras_f1": m["val_keras_f1"],
+                        "epochs_run": m["epochs_run"], "train_seconds": m["train_seconds"],
+                        "n_train": m["n_train"], "n_test": m["n_test"], "quick": quick,
+                        "history": {k: run.history[k] for k in ("loss", "val_loss") if k in run.history}})
+        save_results(results_path, results)
+    if "text" in data or (not only or any(g.startswith(("rnn", "lstm")) for g in only)):
+        baselines_path = out / "baselines.json"
+        if not baselines_path.exists():
+            nusax = data.get("text") or load_nusax(data_dir)
+            save_results(baselines_path, tfidf_baselines(nusax))
+    write_report(out, results, load_results(out / "baselines.json"))
+    return results
+
+
+def tfidf_baselines(data) -> list[dict]:
+    """TF-IDF + logistic regression / linear SVM on the same NusaX split (train → test)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.svm import LinearSVC
+
+    from models.train import macro_f1
+
+    rows = []
+    for features, vec in (("word 1–2-grams", lambda: TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
+                          ("char 2–5-grams", lambda: TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5),
+                                                                     sublinear_tf=True))):
+        for clf_name, clf in (("logistic regression", lambda: LogisticRegression(max_iter=2000, C=10)),
+                              ("linear SVM", lambda: LinearSVC(C=1.0))):
+            model = make_pipeline(vec(), clf()).fit(list(data.x_train), data.y_train)
+            rows.append({"features": features, "classifier": clf_name,
+                         "test_f1": macro_f1(data.y_test, model.predict(list(data.x_test)))})
+    return rows
+
+
+def plot_group(results: list[dict], group: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for r in results:
+        if r["group"] != group:
+            continue
+        h = r["history"]
+        ax_train.plot(range(1, len(h["loss"]) + 1), h["loss"], label=r["label"])
+        if "val_loss" in h:
+            ax_val.plot(range(1, len(h["val_loss"]) + 1), h["val_loss"], label=r["label"])
+    for ax, title in ((ax_train, "training loss"), (ax_val, "validation loss")):
+        ax.set_title(f"{group}: {title}")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    ax_train.set_ylabel("loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_report(out: Path, results: list[dict], baselines: list[dict]) -> Path:
+    """`experiments.md`: one table and one figure per group, the baselines, and what the numbers show."""
+    figures = out / "figures"
+    figures.mkdir(exist_ok=True)
+    lines = ["# Experiments", "",
+             "Every variant is trained with Keras (Adam, sparse categorical cross-entropy, early stopping on "
+             "validation loss) and evaluated on the full test set twice: with Keras and with nntrace's scratch "
+             "forward pass. `agreement` is the share of test samples where both predict the same class; "
+             "`max |Δp|` the largest probability difference over all samples and classes.", ""]
+    if any(r.get("quick") for r in results):
+        lines += ["> **Quick run**: small subsets and 2 epochs — a pipeline check, not a result.", ""]
+    for group in [g for g in GROUPS if any(r["group"] == g for r in results)]:
+        rows = [r for r in results if r["group"] == group]
+        plot_group(results, group, figures / f"{group}.png")
+        lines += [f"## {group}", "", "| variant | Keras macro-F1 | scratch macro-F1 | agreement | max \\|Δp\\| | "
+                  "val macro-F1 | epochs |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['label']} | {r['keras_f1']:.4f} | {r['scratch_f1']:.4f} | {r['agreement']:.2f}% | "
+                         f"{r['max_prob_diff']:.1e} | {r['val_keras_f1']:.4f} | {r['epochs_run']} |")
+        best = max(rows, key=lambda r: r["val_keras_f1"])
+        spread = max(r["keras_f1"] for r in rows) - min(r["keras_f1"] for r in rows)
+        lines += ["", f"![{group}](figures/{group}.png)", "",
+                  f"Best by validation: **{best['label']}** (test macro-F1 {best['keras_f1']:.4f}); "
+                  f"test macro-F1 spread across variants {spread:.4f}.", ""]
+    if results:
+        worst_diff = max(r["max_prob_diff"] for r in results)
+        min_agree = min(r["agreement"] for r in results)
+        lines += ["## Scratch vs Keras", "",
+                  f"Across all {len(results)} variants the lowest prediction agreement is {min_agree:.2f}% and the "
+                  f"largest probability difference is {worst_diff:.1e}.", ""]
+    if baselines:
+        lines += ["## NusaX baselines (TF-IDF, scikit-learn)", "", "| features | classifier | test macro-F1 |",
+                  "|---|---|---|"]
+        lines += [f"| {b['features']} | {b['classifier']} | {b['test_f1']:.4f} |" for b in baselines]
+        lines.append("")
+    notes = out / "reading.md"
+    if notes.exists():
+        lines += ["## Reading the numbers", "", notes.read_text().strip(), ""]
+    path = out / "experiments.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,48 @@
+"""`nntrace experiments --quick`: the whole grid on tiny data, resumable, with report and figures."""
+import json
+
+import pytest
+
+import cli
+from models import experiments
+from tests.datasets import make_cifar_zip, make_nusax
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNTRACE_CACHE", str(tmp_path / "cache"))
+    make_nusax(tmp_path / "data")
+    return make_cifar_zip(tmp_path / "data", per_class=(4, 2))
+
+
+def test_quick_grid_end_to_end_and_resumable(tmp_path, data_dir, monkeypatch):
+    out = tmp_path / "exp"
+    args = ["experiments", "--quick", "--out", str(out), "--data", str(data_dir), "--no-progress"]
+    assert cli.main(args + ["--only", "cnn_pooling", "lstm_direction"]) == 0
+    first = json.loads((out / "experiments.json").read_text())
+    assert {r["key"] for r in first} == {"cnn_pooling/max pooling", "cnn_pooling/average pooling",
+                                         "lstm_direction/unidirectional", "lstm_direction/bidirectional"}
+
+    import models.train
+    calls = []
+    real_fit = models.train.fit
+    monkeypatch.setattr(models.train, "fit", lambda *a, **k: calls.append(a[4]) or real_fit(*a, **k))
+    assert cli.main(args) == 0  # the rest of the grid; finished variants are skipped
+    results = json.loads((out / "experiments.json").read_text())
+    assert len(calls) == len(experiments.grid()) - 4
+    assert {r["group"] for r in results} == set(experiments.GROUPS)
+    assert results[:4] == first
+    for r in results:
+        assert set(r) >= {"group", "settings", "keras_f1", "scratch_f1", "agreement", "max_prob_diff"}
+        assert r["agreement"] == 100.0 and r["max_prob_diff"] <= 1e-5
+        assert len(r["history"]["loss"]) == r["epochs_run"] >= 1
+    report = (out / "experiments.md").read_text()
+    for group in experiments.GROUPS:
+        assert (out / "figures" / f"{group}.png").stat().st_size > 1000
+        assert f"## {group}" in report and f"figures/{group}.png" in report
+    assert "Quick run" in report and "TF-IDF" in report
+
+
+def test_unknown_group_is_refused(capsys):
+    assert cli.main(["experiments", "--only", "cnn_colour"]) == 2
+    assert "unknown group" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from layers.errors import NNTraceError
+from layers.errors import InputShapeError, NNTraceError
 
 TRAIN_DEFAULTS = {  # kind → (model name, epochs, batch size)
     "cnn": ("cnn", 40, 128),
@@ -77,6 +77,76 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
+def model_input(args: argparse.Namespace, scratch) -> tuple[object, str]:
+    """The input for a command: an image file, a test image, a sentence, or the default."""
+    from models.inputs import check_text, cifar_test_image, default_image, load_image
+
+    if scratch.takes_text or getattr(args, "text", None):
+        if not scratch.takes_text:
+            raise InputShapeError(scratch.layers[0].name, type(scratch.layers[0]).__name__, "an image",
+                                  "--text (this is an image model)")
+        text = check_text(args.text if args.text is not None else "Makanannya enak sekali, pelayanannya ramah!")
+        return [text], f'"{text}"'
+    shape = scratch.input_info.get("shape") or [None, 32, 32, 3]
+    if getattr(args, "image", None):
+        img = load_image(args.image, size=(shape[2] or 32, shape[1] or 32))
+    elif getattr(args, "index", None) is not None:
+        img = cifar_test_image(args.index, getattr(args, "data", None))
+    else:
+        img = default_image(getattr(args, "data", None))
+    return img.pixels, img.description + (f" ({img.note})" if img.note else "")
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from models import load_scratch
+    from models.inputs import resolve_model
+    from tracer import trace
+    from tracer.io import save_trace
+
+    scratch = load_scratch(resolve_model(args.model))
+    x, described = model_input(args, scratch)
+    t = trace(scratch, x)
+    path = save_trace(t, args.output, layers=args.layer, everything=args.all, overwrite=args.overwrite)
+    print(f"traced {scratch.name} on {described}: {len(t.layers)} layers → {path} (+ {path.name}.npz)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from models import load_scratch
+    from models.convert import load_keras
+    from models.inputs import keras_path_for, resolve_model
+    from tracer.compare import ATOL, RTOL, compare
+
+    path = resolve_model(args.model)
+    keras_path = keras_path_for(path)
+    if keras_path is None:
+        print(f"nntrace: no Keras model beside '{path}' to compare with (expected {path.with_suffix('.keras')})",
+              file=sys.stderr)
+        return 2
+    scratch = load_scratch(path)
+    x, described = model_input(args, scratch)
+    rows = compare(scratch, load_keras(keras_path), x)
+    table = Table(title=f"{scratch.name} on {described}: scratch vs Keras (rtol {RTOL:g}, atol {ATOL:g})")
+    for col in ("layer", "class", "output shape", "max |Δ|", ""):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.layer, r.layer_class, str(r.shape), f"{r.max_abs_diff:.2e}",
+                      "[green]pass[/green]" if r.passed else "[red]FAIL[/red]")
+    Console().print(table)
+    return 0 if all(r.passed for r in rows) else 1
+
+
+def add_input_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--image", help="a PNG or JPEG file (resized to 32×32)")
+    group.add_argument("--index", type=int, help="the N-th CIFAR-10 test image")
+    group.add_argument("--text", help="a sentence (text models)")
+    p.add_argument("--data", help="data directory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nntrace", description="Step through a neural network's forward pass.")
     sub = parser.add_subparsers(dest="command")
@@ -103,6 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--log", help="append progress lines to this file")
     exp.add_argument("--no-progress", action="store_true")
     exp.set_defaults(func=cmd_experiments)
+
+    tr = sub.add_parser("trace", help="record a forward pass to a trace file (JSON lines + .npz)")
+    tr.add_argument("model", help="cnn, rnn, lstm, or a .keras/.npz file")
+    add_input_options(tr)
+    tr.add_argument("-o", "--output", required=True, help="trace file to write, e.g. run.nntrace")
+    tr.add_argument("--layer", action="append", help="record this layer's fine-grained steps (repeatable; "
+                                                     "default: the first conv or recurrent layer)")
+    tr.add_argument("--all", action="store_true", help="record every layer's fine-grained steps")
+    tr.add_argument("--overwrite", action="store_true")
+    tr.set_defaults(func=cmd_trace)
+
+    cmp_ = sub.add_parser("compare", help="per-layer scratch vs Keras differences for one input")
+    cmp_.add_argument("model", help="cnn, rnn, lstm, or a .keras/.npz file (with its .keras beside it)")
+    add_input_options(cmp_)
+    cmp_.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -114,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (NNTraceError, FileNotFoundError, FileExistsError) as exc:
+    except (NNTraceError, FileNotFoundError, FileExistsError, KeyError) as exc:
         print(f"nntrace: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,7 +1,7 @@
 """The base class every scratch layer shares: a name, Keras-named weights, a vectorised forward."""
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
@@ -96,6 +96,15 @@ class Layer:
 
     def call(self, x: np.ndarray, mask: np.ndarray | None, training: bool):
         raise NotImplementedError
+
+    def steps(self, x: np.ndarray, mask: np.ndarray | None = None, context: dict | None = None,
+              **filters: Any) -> Iterator[Any]:
+        """Fine-grained trace events for ONE sample (`x` has a batch axis of 1), produced lazily.
+
+        Layers whose maths has visible steps (a conv patch, a pooling window, a gate) override this;
+        the values recombine to `forward`'s output.
+        """
+        return iter(())
 
     def compute_mask(self, x: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
         """The mask this layer passes on (Keras's `compute_mask`)."""

@@ -117,3 +117,31 @@ class Conv2D(Layer):
                 z += self.weights["bias"]
             z[...] = self.act(z)
         return out
+
+    def steps(self, x, mask=None, context=None, rows=None, cols=None, filters=None):
+        """One `ConvPatch` per (filter, row, col) of sample `x` `(1, h, w, in_ch)`, filter-major.
+
+        `rows`, `cols`, `filters`: iterables of indices (default: all).
+        """
+        from tracer.events import ConvPatch
+
+        kernel = self.weights["kernel"]
+        bias = self.weights.get("bias")
+        (t, _), (l, _), oh, ow = output_geometry(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
+        xp, _, _ = self.pad(as_float32(x))
+        real, _, _ = self.pad(np.ones((1,) + x.shape[1:3] + (1,), np.float32))
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        for f in range(kernel.shape[-1]) if filters is None else filters:
+            k = kernel[..., f]
+            b = np.float32(0.0) if bias is None else bias[f]
+            for r in range(oh) if rows is None else rows:
+                for c in range(ow) if cols is None else cols:
+                    patch = xp[0, r * sh:r * sh + kh, c * sw:c * sw + kw, :]
+                    products = patch * k
+                    total = products.sum(dtype=np.float32)
+                    pre = np.float32(total + b)
+                    yield ConvPatch(self.name, row=r, col=c, filter=f, patch=patch, kernel=k, products=products,
+                                    total=float(total), bias=float(b), pre_activation=float(pre),
+                                    value=float(self.act(np.array([pre], np.float32))[0]),
+                                    padding=real[0, r * sh:r * sh + kh, c * sw:c * sw + kw, 0] == 0,
+                                    origin=(r * sh - t, c * sw - l))

@@ -40,6 +40,28 @@ class Dense(Layer):
         self.expect(x, None, n_in, f"(batch, ..., {n_in})")
         return self.act(self.pre_activation(x))
 
+    def steps(self, x, mask=None, context=None, units=None, top: int = 10):
+        """One `DenseNeuron` per unit of sample `x` `(1, in)` (its `top` largest contributions first);
+        then, with a softmax activation, one `SoftmaxStep`."""
+        from tracer.events import DenseNeuron
+
+        x1 = as_float32(x).reshape(-1)
+        kernel, bias = self.weights["kernel"], self.weights.get("bias")
+        name = activations.activation_name(self.config.get("activation"))
+        softmax = softmax_step(self.name, self.pre_activation(x.reshape(1, -1))[0]) if name == "softmax" else None
+        for u in range(kernel.shape[1]) if units is None else units:
+            contributions = x1 * kernel[:, u]
+            order = np.argsort(-np.abs(contributions), kind="stable")[:top]
+            total = contributions.sum(dtype=np.float32)
+            b = np.float32(0.0) if bias is None else bias[u]
+            pre = np.float32(total + b)
+            value = softmax.probabilities[u] if softmax else self.act(np.array([pre], np.float32))[0]
+            yield DenseNeuron(self.name, unit=u, inputs=order.astype(np.int32), contributions=contributions[order],
+                              total=float(total), bias=float(b), pre_activation=float(pre), activation=name,
+                              value=float(value))
+        if softmax is not None:
+            yield softmax
+
 
 class Flatten(Layer):
     """Row-major flatten of everything after the batch axis: `(batch, h, w, c)` → `(batch, h*w*c)`."""
@@ -48,6 +70,14 @@ class Flatten(Layer):
         if not isinstance(x, np.ndarray) or x.ndim < 2:
             raise InputShapeError(self.name, "Flatten", "of shape (batch, ...)", getattr(x, "shape", type(x)))
         return x.reshape(x.shape[0], -1)
+
+    def steps(self, x, mask=None, context=None):
+        """One `FlattenMap`: flat index k comes from input cell `sources[k]` (row-major, channels last)."""
+        from tracer.events import FlattenMap
+
+        shape = x.shape[1:]
+        yield FlattenMap(self.name, input_shape=tuple(shape),
+                         sources=np.indices(shape).reshape(len(shape), -1).T.astype(np.int32))
 
 
 class Reshape(Layer):
@@ -88,6 +118,9 @@ class Softmax(Layer):
     def call(self, x, mask, training):
         return activations.softmax(as_float32(x), axis=self.config.get("axis", -1))
 
+    def steps(self, x, mask=None, context=None):
+        yield softmax_step(self.name, as_float32(x).reshape(-1))
+
 
 class Rescaling(Layer):
     """`x * scale + offset`, e.g. raw 0–255 pixels to 0–1."""
@@ -116,6 +149,11 @@ class Dropout(Layer):
         super().__init__(name, **config)
         self.rng = np.random.default_rng(self.config.get("seed"))
 
+    def steps(self, x, mask=None, context=None):
+        from tracer.events import DropoutStep
+
+        yield DropoutStep(self.name, rate=float(self.config.get("rate", 0.0)), training=False)
+
     def call(self, x, mask, training):
         rate = float(self.config.get("rate", 0.0))
         if not training or rate == 0.0:
@@ -129,3 +167,12 @@ class InputLayer(Layer):
 
     def call(self, x, mask, training):
         return x
+
+
+def softmax_step(layer_name: str, logits: np.ndarray):
+    """The softmax of one logit vector `(classes,)`, shown step by step (same maths as `softmax`)."""
+    from tracer.events import SoftmaxStep
+
+    exps = np.exp(logits - logits.max())
+    total = exps.sum()
+    return SoftmaxStep(layer_name, logits=logits, exps=exps, total=float(total), probabilities=exps / total)

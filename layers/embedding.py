@@ -81,6 +81,13 @@ class TextVectorization(Layer):
                                   f"{type(x).__name__} of shape {arr.shape}")
         return [t.decode("utf-8") if isinstance(t, bytes) else t for t in arr]
 
+    def tokens(self, text: str) -> list[str]:
+        """The token text behind each output position of one string ('' for padding)."""
+        length = self.config.get("output_sequence_length")
+        toks = self.tokenize(text)
+        length = len(toks) if length is None else length
+        return (toks + [""] * length)[:length]
+
     def call(self, x, mask, training):
         token_lists = [self.tokenize(t) for t in self.as_texts(x)]
         length = self.config.get("output_sequence_length")
@@ -118,6 +125,23 @@ class Embedding(Layer):
             raise InputShapeError(self.name, "Embedding", f"token ids in [0, {n})",
                                   f"ids from {ids.min()} to {ids.max()}")
         return self.weights["embeddings"][ids]
+
+    def steps(self, x, mask=None, context=None, positions=None):
+        """One `EmbeddingLookup` per position of sample `x` `(1, seq_len)`.
+
+        `context` may carry `tokens` (text per position) and `oov_id` from a TextVectorization.
+        """
+        from tracer.events import EmbeddingLookup
+
+        context = context or {}
+        tokens, oov_id = context.get("tokens"), context.get("oov_id")
+        ids = np.asarray(x).reshape(-1).astype(np.int64)
+        for p in range(len(ids)) if positions is None else positions:
+            tid = int(ids[p])
+            yield EmbeddingLookup(self.name, position=p, token=tokens[p] if tokens and p < len(tokens) else None,
+                                  token_id=tid, oov=oov_id is not None and tid == oov_id,
+                                  padding=bool(self.config.get("mask_zero")) and tid == 0,
+                                  vector=self.weights["embeddings"][tid])
 
     def compute_mask(self, x, mask):
         if not self.config.get("mask_zero", False):

@@ -55,6 +55,29 @@ class Pooling2D(Layer):
             return total / np.float32(self.pool_size[0] * self.pool_size[1])
         return total / real.sum(axis=(-2, -1))[None, :, :, None]
 
+    def steps(self, x, mask=None, context=None, rows=None, cols=None, channels=None):
+        """One `PoolWindow` per (channel, row, col) of sample `x` `(1, h, w, c)`; padding shows as nan."""
+        from tracer.events import PoolWindow
+
+        x = as_float32(x)
+        (t, _), (l, _), oh, ow = output_geometry(x.shape[1], x.shape[2], self.pool_size, self.strides,
+                                                 self.config.get("padding", "valid"))
+        v, real = self.windows(x, np.nan)
+        (ph, pw), (sh, sw) = self.pool_size, self.strides
+        for ch in range(x.shape[3]) if channels is None else channels:
+            for r in range(oh) if rows is None else rows:
+                for c in range(ow) if cols is None else cols:
+                    window = v[0, r, c, ch]
+                    is_real = np.ones((ph, pw), bool) if real is None else real[r, c].astype(bool)
+                    if self.reduce == "max":
+                        flat = int(np.nanargmax(window))
+                        winner, value = (flat // pw, flat % pw), float(window.flat[flat])
+                    else:
+                        winner, value = None, float(np.nansum(window) / is_real.sum())
+                    yield PoolWindow(self.name, row=r, col=c, channel=ch, mode=self.reduce if self.reduce == "max"
+                                     else "average", window=window.copy(), real=is_real, winner=winner,
+                                     value=value, origin=(r * sh - t, c * sw - l))
+
 
 class MaxPooling2D(Pooling2D):
     """Maximum of each window."""
@@ -87,3 +110,4 @@ class GlobalMaxPooling2D(GlobalPooling2D):
 
 class GlobalAveragePooling2D(GlobalPooling2D):
     reduce = "mean"
+

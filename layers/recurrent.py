@@ -5,8 +5,8 @@ states `(batch, units)`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -45,6 +45,13 @@ class SimpleRNNCell:
         h = self.activation(x_proj + states[0] @ self.recurrent_kernel)
         return h, [h]
 
+    def explain(self, x_t: np.ndarray, states: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """The parts of one step for `x_t` `(batch, features)`: x·W, h_prev·U, bias, pre-activation."""
+        x_part = x_t @ self.kernel
+        h_part = states[0] @ self.recurrent_kernel
+        bias = np.zeros(self.units, np.float32) if self.bias is None else self.bias
+        return {"x_part": x_part, "h_part": h_part, "bias": bias, "pre_activation": x_part + bias + h_part}
+
 
 @dataclass
 class LSTMCell:
@@ -75,6 +82,11 @@ class LSTMCell:
         o = self.recurrent_activation(z[:, 3 * u:])
         return i, f, g, o
 
+    def explain(self, x_t: np.ndarray, states: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """The four gates of one step for `x_t` `(batch, features)`."""
+        i, f, g, o = self.gates(self.project_inputs(x_t), states[0])
+        return {"i": i, "f": f, "g": g, "o": o}
+
     def step(self, x_proj, states):
         h_prev, c_prev = states
         i, f, g, o = self.gates(x_proj, h_prev)
@@ -86,33 +98,45 @@ class LSTMCell:
 # ---------------------------------------------------------------------------------------------
 # The scan: the one place that knows about masks and direction (Keras's backend.rnn).
 # ---------------------------------------------------------------------------------------------
-def scan(cell, x_proj: np.ndarray, mask: np.ndarray | None = None, go_backwards: bool = False,
-         zero_output_for_mask: bool = False) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Run `cell` over time.
+def scan_steps(cell, x_proj: np.ndarray, mask: np.ndarray | None = None, go_backwards: bool = False,
+               zero_output_for_mask: bool = False) -> Iterator[tuple[int, int, np.ndarray, list, list]]:
+    """The scan, one step at a time: yields `(k, t, output, states_before, states_after)`.
 
-    Args:
-        x_proj: projected inputs `(batch, timesteps, gates*units)`.
-        mask: `(batch, timesteps)`; at a masked step every state keeps its previous value and the
-            output is the previous output (or zeros with `zero_output_for_mask`).
-        go_backwards: process time reversed; outputs stay in processing order (as Keras).
-    Returns:
-        (last_output `(batch, units)`, outputs `(batch, timesteps, units)`, final states).
+    `k` counts processing steps, `t` is the index in the input sequence. At a masked step every
+    state keeps its previous value and the output is the previous output (or zeros with
+    `zero_output_for_mask`), as in Keras's backend.rnn.
     """
     batch, steps = x_proj.shape[:2]
-    units = cell.units
-    states = [np.zeros((batch, units), np.float32) for _ in range(cell.n_states)]
-    outputs = np.zeros((batch, steps, units), np.float32)
-    prev_out = np.zeros((batch, units), np.float32)
+    states = [np.zeros((batch, cell.units), np.float32) for _ in range(cell.n_states)]
+    prev_out = np.zeros((batch, cell.units), np.float32)
     order = range(steps - 1, -1, -1) if go_backwards else range(steps)
     for k, t in enumerate(order):
         out, new_states = cell.step(x_proj[:, t], states)
         if mask is not None:
             m = mask[:, t, None]
             new_states = [np.where(m, n, s) for n, s in zip(new_states, states)]
-            out = np.where(m, out, 0.0 if zero_output_for_mask else prev_out)
-        outputs[:, k] = out
+            out = np.where(m, out, np.float32(0.0) if zero_output_for_mask else prev_out)
+        yield k, t, out, states, new_states
         states, prev_out = new_states, out
-    last = outputs[:, -1] if steps else prev_out
+
+
+def scan(cell, x_proj: np.ndarray, mask: np.ndarray | None = None, go_backwards: bool = False,
+         zero_output_for_mask: bool = False) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Run `cell` over time.
+
+    Args:
+        x_proj: projected inputs `(batch, timesteps, gates*units)`.
+        mask: `(batch, timesteps)` bools; see `scan_steps` for the masking rule.
+        go_backwards: process time reversed; outputs stay in processing order (as Keras).
+    Returns:
+        (last_output `(batch, units)`, outputs `(batch, timesteps, units)`, final states).
+    """
+    batch, steps = x_proj.shape[:2]
+    outputs = np.zeros((batch, steps, cell.units), np.float32)
+    states = [np.zeros((batch, cell.units), np.float32) for _ in range(cell.n_states)]
+    for k, _, out, _, states in scan_steps(cell, x_proj, mask, go_backwards, zero_output_for_mask):
+        outputs[:, k] = out
+    last = outputs[:, -1] if steps else np.zeros((batch, cell.units), np.float32)
     return last, outputs, states
 
 
@@ -169,6 +193,27 @@ class Recurrent(Layer):
     def call(self, x, mask, training):
         last, outputs, _ = self.run(x, mask)
         return outputs if self.config.get("return_sequences", False) else last
+
+    def steps(self, x, mask=None, context=None, times=None, direction: str = "forward"):
+        """One `RNNStep`/`LSTMStep` per time step of sample `x` `(1, timesteps, features)`, in
+        processing order; `times` keeps only those input-order indices."""
+        from tracer.events import LSTMStep, RNNStep
+
+        self.check_input(x, mask)
+        x = as_float32(x)
+        keep = None if times is None else set(times)
+        x_proj = self.cell.project_inputs(x)
+        for k, t, _, before, after in scan_steps(self.cell, x_proj, None if mask is None else np.asarray(mask, bool),
+                                                 bool(self.config.get("go_backwards", False))):
+            if keep is not None and t not in keep:
+                continue
+            masked = mask is not None and not bool(np.asarray(mask)[0, t])
+            parts = {k_: v[0] if v.ndim == 2 else v for k_, v in self.cell.explain(x[:, t], before).items()}
+            common = dict(direction=direction, step=k, time=t, masked=masked, h_prev=before[0][0], h=after[0][0])
+            if isinstance(self.cell, LSTMCell):
+                yield LSTMStep(self.name, c_prev=before[1][0], c=after[1][0], **parts, **common)
+            else:
+                yield RNNStep(self.name, **parts, **common)
 
     def compute_mask(self, x, mask):
         return mask if self.config.get("return_sequences", False) else None
@@ -285,6 +330,19 @@ class Bidirectional(Layer):
 
     def call(self, x, mask, training):
         return self.merge(*self.directions(x, mask))
+
+    def steps(self, x, mask=None, context=None, times=None):
+        """The forward sweep's steps, the backward sweep's steps, then one `BidirectionalMerge`."""
+        from tracer.events import BidirectionalMerge
+
+        for step in self.forward_layer.steps(x, mask, times=times, direction="forward"):
+            yield replace(step, layer=self.name)
+        for step in self.backward_layer.steps(x, mask, times=times, direction="backward"):
+            yield replace(step, layer=self.name)
+        y, y_rev = self.directions(x, mask)
+        merged = self.merge(y, y_rev)
+        yield BidirectionalMerge(self.name, merge_mode=str(self.config["merge_mode"]), forward=y[0], backward=y_rev[0],
+                                 merged=None if isinstance(merged, tuple) else merged[0])
 
     def compute_mask(self, x, mask):
         return mask if self.return_sequences else None

@@ -45,8 +45,9 @@ def keras_chain(model) -> list:
     prev, last_outputs = model.inputs[0], [model.inputs[0]]
     for layer in layers:
         nodes = layer._inbound_nodes
-        mask = getattr(prev, "_keras_mask", None)  # Keras passes the propagated mask as a second input
-        inputs = [t for t in nodes[0].input_tensors if t is not mask] if len(nodes) == 1 else []
+        # Keras passes a propagated mask as an extra input made by an op (e.g. not_equal), not a layer.
+        inputs = [t for t in nodes[0].input_tensors
+                  if isinstance(t._keras_history.operation, keras.layers.Layer)] if len(nodes) == 1 else []
         if len(nodes) != 1 or len(inputs) != 1 or inputs[0] is not prev:
             raise ModelStructureError(
                 f"model '{model.name}' is not a single chain: layer '{layer.name}' does not take exactly "

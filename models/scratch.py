@@ -9,6 +9,7 @@ import numpy as np
 
 from layers import (InputShapeError, Layer, ModelStructureError, TextVectorization, WeightMismatchError)
 from models.convert import build_layer
+from tracer.recorder import NULL_TRACER
 
 FORMAT = "nntrace-scratch"
 FORMAT_VERSION = 1
@@ -86,20 +87,26 @@ class ScratchModel:
                 raise InputShapeError(first.name, type(first).__name__, f"of shape {want}", f"shape {x.shape}")
         return x, 0
 
-    def forward_layers(self, x: Any, training: bool = False) -> Iterator[tuple[Layer, Any, Any]]:
-        """Run the chain, yielding `(layer, output, mask)` after each layer."""
+    def forward_layers(self, x: Any, training: bool = False,
+                       tracer: Any = NULL_TRACER) -> Iterator[tuple[Layer, Any, Any]]:
+        """Run the chain, yielding `(layer, output, mask)` after each layer; a recording `tracer`
+        sees every layer's input and output."""
         x, start = self.prepare(x)
         mask = None
         for layer in self.layers[start:]:
+            if tracer.enabled:
+                tracer.layer_start(layer, x, mask)
             y = layer.forward(x, mask=mask, training=training)
             mask = layer.compute_mask(x, mask)
             x = y
+            if tracer.enabled:
+                tracer.layer_end(layer, y, mask)
             yield layer, x, mask
 
-    def forward(self, x: Any, training: bool = False) -> np.ndarray:
+    def forward(self, x: Any, training: bool = False, tracer: Any = NULL_TRACER) -> np.ndarray:
         """The last layer's output for a batch, e.g. probabilities `(batch, classes)`."""
         out = None
-        for _, out, _ in self.forward_layers(x, training=training):
+        for _, out, _ in self.forward_layers(x, training=training, tracer=tracer):
             pass
         return out
 

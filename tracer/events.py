@@ -1,0 +1,204 @@
+"""The trace event schema: small frozen records, one per step a learner can look at.
+
+Every event has `layer` (the scratch layer's name) and a `kind` (its class's `KIND`). Array fields
+are NumPy arrays for the traced sample only; shapes are written beside each field. Bump
+`SCHEMA_VERSION` whenever a field changes meaning.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, Optional
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    layer: str
+    KIND: ClassVar[str] = "event"
+
+    @property
+    def kind(self) -> str:
+        return self.KIND
+
+    @property
+    def label(self) -> str:
+        """A short torchlens-style label, e.g. `conv2d_1:r3c4f7`."""
+        return f"{self.layer}:{self.KIND}"
+
+
+@dataclass(frozen=True, slots=True)
+class LayerStart(Event):
+    layer_class: str = ""
+    input_shape: tuple = ()           # batch shape of the layer's input
+    KIND: ClassVar[str] = "layer_start"
+
+
+@dataclass(frozen=True, slots=True)
+class LayerEnd(Event):
+    layer_class: str = ""
+    output_shape: tuple = ()          # batch shape of the layer's output
+    output: Optional[np.ndarray] = None  # the traced sample's output, e.g. (h, w, filters) or (units,)
+    mask: Optional[np.ndarray] = None    # (timesteps,) bools when a mask leaves this layer
+    KIND: ClassVar[str] = "layer_end"
+
+
+@dataclass(frozen=True, slots=True)
+class ConvPatch(Event):
+    """One output cell of one filter: a patch · kernel slice + bias, then the activation."""
+
+    row: int = 0
+    col: int = 0
+    filter: int = 0
+    patch: np.ndarray = None            # (kh, kw, in_ch) input values (zeros where padded)
+    kernel: np.ndarray = None           # (kh, kw, in_ch) the filter's weights
+    products: np.ndarray = None         # (kh, kw, in_ch) patch * kernel
+    total: float = 0.0                  # products.sum()
+    bias: float = 0.0
+    pre_activation: float = 0.0         # total + bias
+    value: float = 0.0                  # activation(pre_activation): the output cell
+    padding: np.ndarray = None          # (kh, kw) True where the cell is padding
+    origin: tuple = (0, 0)              # input (row, col) of the patch's top-left cell (may be < 0)
+    KIND: ClassVar[str] = "conv_patch"
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer}:r{self.row}c{self.col}f{self.filter}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolWindow(Event):
+    row: int = 0
+    col: int = 0
+    channel: int = 0
+    mode: str = "max"                   # max | average
+    window: np.ndarray = None           # (ph, pw) values (padding shown as nan)
+    real: np.ndarray = None             # (ph, pw) True for real (unpadded) cells
+    winner: Optional[tuple] = None      # (i, j) inside the window, for max
+    value: float = 0.0
+    origin: tuple = (0, 0)
+    KIND: ClassVar[str] = "pool_window"
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer}:r{self.row}c{self.col}ch{self.channel}"
+
+
+@dataclass(frozen=True, slots=True)
+class FlattenMap(Event):
+    input_shape: tuple = ()             # (h, w, c) of one sample
+    sources: np.ndarray = None          # (h*w*c, 3): the (h, w, c) index behind each flat index
+    KIND: ClassVar[str] = "flatten_map"
+
+
+@dataclass(frozen=True, slots=True)
+class DenseNeuron(Event):
+    unit: int = 0
+    inputs: np.ndarray = None           # (k,) indices of the k largest |x_i * w_i|, largest first
+    contributions: np.ndarray = None    # (k,) x_i * w_i for those indices
+    total: float = 0.0                  # sum over all inputs of x_i * w_i
+    bias: float = 0.0
+    pre_activation: float = 0.0
+    activation: str = "linear"
+    value: float = 0.0                  # the unit's output (before softmax, see SoftmaxStep)
+    KIND: ClassVar[str] = "dense_neuron"
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer}:u{self.unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class SoftmaxStep(Event):
+    logits: np.ndarray = None           # (classes,)
+    exps: np.ndarray = None             # (classes,) exp(logits - max(logits))
+    total: float = 0.0                  # exps.sum()
+    probabilities: np.ndarray = None    # (classes,) exps / total
+    KIND: ClassVar[str] = "softmax"
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingLookup(Event):
+    position: int = 0
+    token: Optional[str] = None         # the token text when a TextVectorization came first
+    token_id: int = 0
+    oov: bool = False
+    padding: bool = False
+    vector: np.ndarray = None           # (output_dim,)
+    KIND: ClassVar[str] = "embedding_lookup"
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer}:t{self.position}"
+
+
+@dataclass(frozen=True, slots=True)
+class RNNStep(Event):
+    """One SimpleRNN step: h_t = activation(x_t·W + h_prev·U + bias), or carried over when masked."""
+
+    direction: str = "forward"          # forward | backward
+    step: int = 0                       # processing order
+    time: int = 0                       # index in the input sequence
+    x_part: np.ndarray = None           # (units,) x_t · kernel
+    h_part: np.ndarray = None           # (units,) h_prev · recurrent_kernel
+    bias: np.ndarray = None             # (units,)
+    pre_activation: np.ndarray = None   # (units,)
+    h_prev: np.ndarray = None           # (units,)
+    h: np.ndarray = None                # (units,) state after the step (h_prev when masked)
+    masked: bool = False
+    KIND: ClassVar[str] = "rnn_step"
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer}:{self.direction[0]}t{self.time}"
+
+
+@dataclass(frozen=True, slots=True)
+class LSTMStep(Event):
+    """One LSTM step: gates i, f, g (candidate), o; c = f*c_prev + i*g; h = o*tanh(c)."""
+
+    direction: str = "forward"
+    step: int = 0
+    time: int = 0
+    i: np.ndarray = None                # (units,) input gate
+    f: np.ndarray = None                # (units,) forget gate
+    g: np.ndarray = None                # (units,) candidate
+    o: np.ndarray = None                # (units,) output gate
+    c_prev: np.ndarray = None
+    c: np.ndarray = None                # (units,) cell state after the step (c_prev when masked)
+    h_prev: np.ndarray = None
+    h: np.ndarray = None                # (units,) hidden state after the step (h_prev when masked)
+    masked: bool = False
+    KIND: ClassVar[str] = "lstm_step"
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer}:{self.direction[0]}t{self.time}"
+
+
+@dataclass(frozen=True, slots=True)
+class BidirectionalMerge(Event):
+    merge_mode: str = "concat"
+    forward: np.ndarray = None          # (units,) or (timesteps, units)
+    backward: np.ndarray = None         # same shape, already in input time order
+    merged: np.ndarray = None
+    KIND: ClassVar[str] = "bidirectional_merge"
+
+
+@dataclass(frozen=True, slots=True)
+class DropoutStep(Event):
+    rate: float = 0.0
+    training: bool = False              # at inference dropout is the identity
+    KIND: ClassVar[str] = "dropout"
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.KIND: cls for cls in (LayerStart, LayerEnd, ConvPatch, PoolWindow, FlattenMap, DenseNeuron, SoftmaxStep,
+                              EmbeddingLookup, RNNStep, LSTMStep, BidirectionalMerge, DropoutStep)
+}
+
+
+def event_fields(event: Event) -> dict:
+    return {f.name: getattr(event, f.name) for f in fields(event)}

@@ -1,0 +1,80 @@
+"""A traced forward pass of one sample: layer-level events now, fine-grained steps on demand."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from tracer.events import Event, LayerEnd, LayerStart
+from tracer.recorder import Recorder
+
+#: Layers whose fine-grained steps are recorded by default, in order of preference.
+FINE_DEFAULT = ("Conv2D", "LSTM", "SimpleRNN", "Bidirectional")
+
+
+@dataclass
+class Trace:
+    """One sample through a scratch model.
+
+    `events` holds the layer-level events (LayerStart/LayerEnd per layer, in order); `steps(layer)`
+    produces that layer's fine-grained events lazily from the layer that owns the maths.
+    """
+
+    model_name: str
+    layers: list[tuple[str, str]]                  # (name, class) in forward order
+    events: list[Event]
+    context: dict = field(default_factory=dict)   # input description, tokens, labels
+    model: Any = None                             # the scratch model (None when replayed from a file)
+    inputs: dict = field(default_factory=dict)    # layer name → (one-sample input, mask)
+    recorded_steps: dict[str, list[Event]] = field(default_factory=dict)  # from a file
+
+    def output(self, layer: str) -> np.ndarray:
+        for e in self.events:
+            if isinstance(e, LayerEnd) and e.layer == layer:
+                return e.output
+        raise KeyError(f"no layer named '{layer}' in this trace; layers: {', '.join(n for n, _ in self.layers)}")
+
+    def layer_class(self, layer: str) -> str:
+        return dict(self.layers)[layer]
+
+    def has_steps(self, layer: str) -> bool:
+        return layer in self.recorded_steps or (self.model is not None and layer in self.inputs)
+
+    def steps(self, layer: str, **filters: Any) -> Iterator[Event]:
+        """Fine-grained events of `layer`; filters (rows, cols, filters, channels, units, times,
+        positions) pass to the layer. A replayed trace has only the layers that were recorded."""
+        if layer in self.recorded_steps and self.model is None:
+            return iter(self.recorded_steps[layer])
+        if self.model is None or layer not in self.inputs:
+            raise KeyError(f"no fine-grained steps of '{layer}' in this trace; recorded: "
+                           f"{', '.join(self.recorded_steps) or 'none'}")
+        x, mask = self.inputs[layer]
+        return self.model.layer(layer).steps(x, mask, self.context, **filters)
+
+    def default_fine_layer(self) -> str | None:
+        for cls in FINE_DEFAULT:
+            for name, layer_class in self.layers:
+                if layer_class == cls:
+                    return name
+        return None
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return self.output(self.layers[-1][0])
+
+
+def trace(model, x: Any, sample: int = 0, labels: list[str] | None = None) -> Trace:
+    """Run `model` on sample `sample` of batch `x` with a Recorder; returns the Trace."""
+    one = x[sample:sample + 1] if not isinstance(x, str) else [x]
+    context: dict = {"labels": labels or model.meta.get("labels")}
+    first = model.layers[0] if model.layers else None
+    if first is not None and type(first).__name__ == "TextVectorization" and not (
+            isinstance(one, np.ndarray) and one.dtype.kind in "iu"):
+        text = first.as_texts(one)[0]
+        context.update(text=text, tokens=first.tokens(text), oov_id=first.oov_id,
+                       vocabulary_size=len(first.weights["vocabulary"]))
+    with Recorder() as rec:
+        model.forward(one, tracer=rec)
+    return Trace(model.name, [(l.name, type(l).__name__) for l in model.layers if l.name in rec.inputs],
+                 rec.events, context, model, rec.inputs)

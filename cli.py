@@ -139,6 +139,46 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in rows) else 1
 
 
+def open_session(args: argparse.Namespace):
+    """Load the scratch model (no TensorFlow), trace the input, and describe where Keras lives."""
+    from models import load_scratch
+    from models.inputs import keras_path_for, resolve_model
+    from tracer import trace
+    from tui import Session
+
+    spec = getattr(args, "model", None) or getattr(args, "kind", None) or "cnn"
+    path = resolve_model(spec)
+    scratch = load_scratch(path)
+    expected = {"cnn": not scratch.takes_text, "rnn": scratch.takes_text, "lstm": scratch.takes_text}
+    if getattr(args, "kind", None) and not expected[args.kind]:
+        raise InputShapeError(scratch.layers[0].name, type(scratch.layers[0]).__name__,
+                              "an image" if scratch.takes_text is False else "text",
+                              f"the '{args.kind}' view (pick the matching command)")
+    x, described = model_input(args, scratch)
+    t = trace(scratch, x)
+    t.context["model_input"] = x
+    note = "image " + described.split(" (")[-1].rstrip(")") if "resized" in described else ""
+    return Session(t, described, keras_path_for(path), note), scratch
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from tui import NNTraceApp
+
+    session, scratch = open_session(args)
+    NNTraceApp(session, scratch).run()
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tracer.io import load_trace
+    from tui import NNTraceApp, Session
+
+    t = load_trace(args.file)
+    described = t.context.get("text") and f'"{t.context["text"]}"' or f"replay of {args.file}"
+    NNTraceApp(Session(t, described, None, "replaying a recorded trace: Keras is not loaded")).run()
+    return 0
+
+
 def add_input_options(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--image", help="a PNG or JPEG file (resized to 32×32)")
@@ -188,15 +228,26 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("model", help="cnn, rnn, lstm, or a .keras/.npz file (with its .keras beside it)")
     add_input_options(cmp_)
     cmp_.set_defaults(func=cmd_compare)
+
+    for kind, helptext in (("cnn", "step through the CNN on an image (default)"),
+                           ("rnn", "step through the SimpleRNN model on a sentence"),
+                           ("lstm", "step through the LSTM model on a sentence")):
+        view = sub.add_parser(kind, help=helptext)
+        view.add_argument("--model", help="a .keras or .npz file (default: the shipped model)")
+        add_input_options(view)
+        view.set_defaults(func=cmd_view, kind=kind)
+
+    rep = sub.add_parser("replay", help="replay a recorded trace file without the model")
+    rep.add_argument("file")
+    rep.set_defaults(func=cmd_replay)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
-    if not getattr(args, "func", None):
-        build_parser().print_help()
-        return 0
+    if not getattr(args, "func", None):  # plain `nntrace`: the shipped CNN on a default image
+        args = build_parser().parse_args(["cnn"])
     try:
         return args.func(args)
     except (NNTraceError, FileNotFoundError, FileExistsError, KeyError) as exc:

@@ -163,7 +163,10 @@ class Dropout(Layer):
 
 
 class InputLayer(Layer):
-    """Keras's placeholder for the model input; identity."""
+    """Keras's placeholder for the model input, and the stand-in for layers that are the identity at
+    inference (augmentation, SpatialDropout); passes the mask on."""
+
+    supports_masking = True
 
     def call(self, x, mask, training):
         return x

@@ -34,6 +34,7 @@ class TextSettings:
     sequence_length: int = 64
     dropout: float = 0.5
     learning_rate: float = 2e-3
+    embedding_dropout: float = 0.0  # SpatialDropout1D after the embedding (identity at inference)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,6 +80,8 @@ def build_text_model(s: TextSettings, train_texts, num_classes: int = 3, seed: i
     inputs = keras.Input(shape=(1,), dtype="string", name="text")
     x = vectorizer(inputs)
     x = L.Embedding(len(vectorizer.get_vocabulary()), s.embedding_dim, mask_zero=True, name="embedding")(x)
+    if s.embedding_dropout:
+        x = L.SpatialDropout1D(s.embedding_dropout, name="embedding_dropout")(x)
     for i in range(s.rnn_layers):
         last = i == s.rnn_layers - 1
         layer = rnn(s.units, return_sequences=not last, name=f"{s.cell}_{i + 1}")

@@ -407,6 +407,7 @@ class NNTraceApp(App):
             renderable = self.render_current()
         except Exception as exc:  # a view must never take the app down
             renderable = Text(f"cannot show this step: {exc}", style="bold red")
+        self.view_renderable = renderable
         self.query_one("#view", Static).update(renderable)
         total = self.step_count_known(name)
         status = Text(f"layer {self.layer_index + 1}/{len(self.trace.layers)} {name} ({cls})  "

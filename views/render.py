@@ -46,7 +46,9 @@ def half_block_heatmap(values: np.ndarray, scale: float | None = None, hidden: n
     """A 2-D array as diverging colours, two rows per text row. `hidden` cells show dark (not yet
     stepped); `mark` (row, col) is drawn white."""
     v = np.asarray(values, np.float32)
-    scale = float(np.nanmax(np.abs(v))) if scale is None and v.size else (scale or 1.0)
+    if scale is None:
+        finite = np.abs(v[np.isfinite(v)])
+        scale = float(finite.max()) if finite.size else 1.0
     colours = [[heat(float(x), scale) for x in row] for row in v]
     if hidden is not None:
         for r, c in zip(*np.nonzero(hidden)):
@@ -82,3 +84,19 @@ def number_grid(values: np.ndarray, fmt: str = "{:7.3f}", scale: float | None = 
 def bar(value: float, width: int = 30) -> str:
     n = int(round(max(0.0, min(1.0, value)) * width))
     return "█" * n + "·" * (width - n)
+
+
+def side_by_side(blocks: list[Text], gap: int = 3) -> Text:
+    """Join multi-line Texts column-wise (cheaper than a rich Table for fixed-width blocks)."""
+    split = [b.split("\n", allow_blank=True) for b in blocks]
+    widths = [max((line.cell_len for line in lines), default=0) for lines in split]
+    height = max(len(lines) for lines in split)
+    out = Text()
+    for r in range(height):
+        for i, lines in enumerate(split):
+            line = lines[r] if r < len(lines) else Text()
+            out.append_text(line)
+            if i < len(split) - 1:
+                out.append(" " * (widths[i] - line.cell_len + gap))
+        out.append("\n")
+    return out

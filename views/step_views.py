@@ -9,7 +9,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from views.render import bar, half_block_heatmap, half_block_image, heat, number_grid
+from views.render import bar, half_block_heatmap, half_block_image, heat, number_grid, side_by_side
 
 
 def layer_input(trace, layer: str) -> np.ndarray | None:
@@ -25,7 +25,6 @@ def conv_view(e, trace, seen: np.ndarray | None, keras_out: np.ndarray | None) -
     kh, kw, cin = e.patch.shape
     source = layer_input(trace, e.layer)
     title = Text(f"{e.layer}  filter {e.filter}  output row {e.row}, column {e.col}", style="bold")
-    top = Table.grid(padding=(0, 3))
     pictures, captions = [], []
     if source is not None and source.ndim == 3:
         if source.shape[-1] == 3 and cin == 3:  # an RGB image: stretch to 0–255 for display only
@@ -40,14 +39,13 @@ def conv_view(e, trace, seen: np.ndarray | None, keras_out: np.ndarray | None) -
     if seen is not None:
         pictures.append(half_block_heatmap(seen, mark=(e.row, e.col), hidden=np.isnan(seen)))
         captions.append(Text(f"filter {e.filter}'s feature map so far", style="dim"))
-    if pictures:
-        top.add_row(*captions)
-        top.add_row(*pictures)
-    grids = Table.grid(padding=(0, 2))
-    grids.add_row(Text("patch", style="dim"), Text("× kernel", style="dim"), Text("= products", style="dim"))
+    top = side_by_side([Text.assemble(c, "\n", p) for c, p in zip(captions, pictures)]) if pictures else Text()
+    grids = Text()
     for ch in range(min(cin, 3)):
-        grids.add_row(number_grid(e.patch[..., ch], "{:+.3f}", special=e.padding), number_grid(e.kernel[..., ch],
-                      "{:+.3f}"), number_grid(e.products[..., ch], "{:+.3f}"))
+        labels = [f"patch ch{ch}", f"× kernel ch{ch}", f"= products ch{ch}"]
+        grids.append_text(side_by_side([Text.assemble((label, "dim"), "\n", grid) for label, grid in zip(labels, [
+            number_grid(e.patch[..., ch], "{:+.3f}", special=e.padding), number_grid(e.kernel[..., ch], "{:+.3f}"),
+            number_grid(e.products[..., ch], "{:+.3f}")])]))
     more = Text(f"channels 0–{min(cin, 3) - 1} of {cin} shown; the sum runs over all {cin}\n" if cin > 3 else "",
                 style="dim")
     formula = Text()

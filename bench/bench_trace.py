@@ -1,0 +1,114 @@
+"""Tracer and app costs, measured in one run on the shipped CNN's architecture.
+
+- tracing off: forward through the model container (null tracer) vs a bare loop over the layers;
+- a full layer-level trace of one image;
+- time to the first fine-grained conv event after the model is loaded;
+- peak memory growth while stepping through (and keeping) every event of the first conv layer;
+- app step latency on a 120×40 terminal with Textual's pilot.
+
+    python bench/bench_trace.py
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+
+def scratch_cnn():
+    """The shipped CNN if present, else the same architecture with random weights."""
+    from models import load_scratch
+    from models.inputs import PRETRAINED
+
+    shipped = PRETRAINED / "cnn.npz"
+    if shipped.exists():
+        return load_scratch(shipped), "shipped cnn.npz"
+    from models.builders import CNNSettings, build_cnn
+
+    return load_scratch(build_cnn(CNNSettings())), "default CNN architecture, random weights"
+
+
+def best(fn, repeats=5) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def app_step_latency(model, x, presses: int = 30) -> float:
+    from tracer import trace
+    from tui import NNTraceApp, Session
+
+    t = trace(model, x)
+    app = NNTraceApp(Session(t, "bench image"), model)
+
+    async def run() -> float:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("right_square_bracket", "n")
+            await pilot.pause()
+            start = time.perf_counter()
+            for _ in range(presses):
+                await pilot.press("n")
+                await pilot.pause()
+            return (time.perf_counter() - start) / presses
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tracer import trace
+
+    model, source = scratch_cnn()
+    rng = np.random.default_rng(0)
+    batch = rng.uniform(0, 255, (256, 32, 32, 3)).astype(np.float32)
+    image = batch[:1]
+    conv = next(l.name for l in model.layers if type(l).__name__ == "Conv2D")
+
+    def bare():
+        x = batch
+        for layer in model.layers:
+            x = layer.forward(x)
+
+    t_bare = best(bare)
+    t_off = best(lambda: model.forward(batch))
+    t_trace = best(lambda: trace(model, image))
+
+    def first_event():
+        next(trace(model, image).steps(conv))
+
+    t_first = best(first_event)
+    t = trace(model, image)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    kept = list(t.steps(conv))
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    step_latency = app_step_latency(model, image)
+
+    table = Table(title=f"tracer and app costs ({source})")
+    for col in ("measure", "value", "target"):
+        table.add_column(col)
+    table.add_row("forward, tracing off ÷ bare layer loop (256 images)", f"{t_off / t_bare:.3f}×", "≤ 1.05×")
+    table.add_row("layer-level trace of one image", f"{t_trace * 1e3:.1f} ms", "< 50 ms")
+    table.add_row("first fine-grained conv event", f"{t_first * 1e3:.1f} ms", "< 200 ms")
+    table.add_row(f"peak memory, all {len(kept)} events of {conv} kept", f"{peak / 2**20:.1f} MB", "< 300 MB")
+    table.add_row("app step latency, 120×40", f"{step_latency * 1e3:.1f} ms", "< 50 ms")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -49,6 +49,7 @@ HELP = """\
 | `+` / `-` | play faster / slower |
 | `j` | jump: `row col filter` (conv), `row col channel` (pooling), `unit` (dense), `token` (recurrent), `step` |
 | `k` | show / hide the Keras column |
+| `g` | feature-map gallery of the current conv/pooling layer, scratch beside Keras |
 | `t` | type a new sentence (text models) |
 | `e` | export the current view as PNG |
 | `?` | this help |
@@ -91,7 +92,7 @@ class PromptScreen(ModalScreen[str]):
 class NNTraceApp(App):
     TITLE = "nntrace"
     CSS = """
-    #layers { width: 52; }
+    #layers { width: 46; }
     #main { padding: 0 1; }
     #status { height: 2; padding: 0 1; background: $boost; }
     """
@@ -102,7 +103,7 @@ class NNTraceApp(App):
         Binding("space", "play", "play/pause"), Binding("plus", "speed(0.5)", "faster", show=False),
         Binding("minus", "speed(2)", "slower", show=False), Binding("j", "jump", "jump"),
         Binding("k", "toggle_keras", "Keras"), Binding("t", "new_text", "text", show=False),
-        Binding("e", "export", "export PNG"), Binding("question_mark", "help", "help"), Binding("q", "quit", "quit"),
+        Binding("g", "gallery", "gallery"), Binding("e", "export", "export PNG"), Binding("question_mark", "help", "help"), Binding("q", "quit", "quit"),
     ]
 
     layer_index = reactive(0)
@@ -136,7 +137,7 @@ class NNTraceApp(App):
     def on_mount(self) -> None:
         self.sub_title = f"{self.trace.model_name} on {self.session.description}"
         table = self.query_one("#layers", DataTable)
-        table.add_columns("layer", "type", "output", "Keras Δ")
+        table.add_columns("layer", "type", "output", "vs Keras")
         self.fill_layer_table()
         if self.session.keras_path is not None:
             self.load_keras()
@@ -151,7 +152,8 @@ class NNTraceApp(App):
             diff = self.keras_diffs.get(name)
             mark = Text("…", style="dim") if diff is None else Text(
                 f"{diff[0]:.0e} {'✓' if diff[1] else '✗'}", style="green" if diff[1] else "bold red")
-            table.add_row(name, cls, "×".join(map(str, shape)), mark)
+            table.add_row(name[:16], cls.replace("Normalization", "Norm").replace("Pooling", "Pool")[:14],
+                          "×".join(map(str, shape)), mark)
         table.move_cursor(row=self.layer_index)
 
     # -- keras in the background ----------------------------------------------------------------
@@ -251,6 +253,17 @@ class NNTraceApp(App):
     def action_toggle_keras(self) -> None:
         self.show_keras = not self.show_keras
         self.refresh_view()
+
+    def action_gallery(self) -> None:
+        from views.gallery import GalleryScreen, gallery_text
+
+        name, cls = self.layer
+        out = self.trace.output(name)
+        if out.ndim != 3:
+            self.message = f"the gallery shows feature maps; {name} ({cls}) outputs {tuple(out.shape)}"
+            self.refresh_view()
+            return
+        self.push_screen(GalleryScreen(gallery_text(name, out, self.keras_for(name))))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())

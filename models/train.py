@@ -112,7 +112,7 @@ def fit(kind: str, settings: CNNSettings | TextSettings, data: Splits, out_dir: 
     import keras
     import tensorflow as tf
 
-    from models.progress import TrainingProgress
+    from models.callbacks import BestValidationF1, TrainingProgress
 
     tf.get_logger().setLevel("ERROR")  # retracing notices between variants are expected
 
@@ -134,9 +134,11 @@ def fit(kind: str, settings: CNNSettings | TextSettings, data: Splits, out_dir: 
     backup = out_dir / f"{name}-backup"  # BackupAndRestore deletes it once training completes
     callbacks = [
         keras.callbacks.BackupAndRestore(str(backup)),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=kind == "cnn"),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(2, patience // 2)),
     ]
+    if kind != "cnn":  # small validation set: keep the epoch with the best validation macro-F1
+        callbacks.insert(0, BestValidationF1(keras_input(val[0]), val[1]))
     tracker = TrainingProgress(name, epochs, backup / "history.json", log=log, show=progress)
     callbacks.append(tracker)
     started = time.time()

@@ -73,6 +73,10 @@ def test_stepping_through_a_convolution(tmp_path):
             assert "Keras: " in view_text(app)
             await pilot.press("k")
             assert "Keras: " not in view_text(app)
+            await pilot.press("g")
+            assert app.screen.__class__.__name__ == "GalleryScreen"
+            assert "4 feature maps" in str(app.screen.text) and "Keras" in str(app.screen.text)
+            await pilot.press("escape")
             await pilot.press("question_mark")
             assert app.screen.__class__.__name__ == "HelpScreen"
             await pilot.press("escape")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from rich import box
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -88,14 +89,14 @@ def dense_view(e, trace, keras_out: np.ndarray | None) -> Group:
 
 def softmax_view(e, trace, keras_out: np.ndarray | None) -> Group:
     labels = trace.context.get("labels") or [str(i) for i in range(len(e.probabilities))]
-    table = Table(title=f"{e.layer}: softmax", title_justify="left")
-    for col in ("class", "logit", "exp(logit − max)", "probability", "", "Keras"):
-        table.add_column(col, justify="right" if col not in ("class", "") else "left")
+    table = Table(title=f"{e.layer}: softmax", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    for col in ("class", "logit", "exp(z−max)", "prob", "", "Keras"):
+        table.add_column(col, justify="right" if col not in ("class", "") else "left", no_wrap=True)
     best = int(np.argmax(e.probabilities))
     for i, label in enumerate(labels):
         style = "bold" if i == best else ""
         table.add_row(Text(label, style=style), f"{e.logits[i]:+.4f}", f"{e.exps[i]:.4f}",
-                      Text(f"{e.probabilities[i]:.4f}", style=style), bar(float(e.probabilities[i]), 24),
+                      Text(f"{e.probabilities[i]:.4f}", style=style), bar(float(e.probabilities[i]), 16),
                       "…" if keras_out is None else f"{float(keras_out[i]):.4f}")
     return Group(table, Text(f"sum of exps = {e.total:.4f}; probability = exp / sum", style="dim"))
 
@@ -124,6 +125,12 @@ def flatten_view(e, trace, keras_out) -> Text:
     return text
 
 
+def token_ids(trace) -> np.ndarray | None:
+    """The token ids of the traced sentence (the TextVectorization layer's recorded output)."""
+    first, cls = trace.layers[0]
+    return trace.output(first).reshape(-1) if cls == "TextVectorization" else None
+
+
 def recurrent_view(events: list, index: int, trace) -> Group:
     """Tokens across the top; per direction the gates (LSTM) or parts (SimpleRNN) and h as
     units × tokens heatmaps up to the current step; masked steps marked."""
@@ -133,12 +140,14 @@ def recurrent_view(events: list, index: int, trace) -> Group:
     sweep = [e for e in events if getattr(e, "direction", None) == direction]
     shown = [e for e in sweep if e.step <= current.step]
     n_time = max(e.time for e in sweep) + 1
+    ids = token_ids(trace)
     header = Text()
     for t in range(n_time):
         tok = tokens[t] if tokens and t < len(tokens) else str(t)
         masked = next((e.masked for e in sweep if e.time == t), False)
-        style = "reverse bold" if t == current.time else ("dim strike" if masked else "")
-        header.append((tok or "·pad·") + " ", style=style)
+        oov = ids is not None and t < len(ids) and ids[t] == trace.context.get("oov_id")
+        style = "reverse bold" if t == current.time else ("dim strike" if masked else "bold red" if oov else "")
+        header.append((tok or "·pad·") + ("?" if oov else "") + " ", style=style)
     kind = "LSTM" if current.kind == "lstm_step" else "SimpleRNN"
     names = ("i", "f", "g", "o", "c", "h") if kind == "LSTM" else ("x_part", "h_part", "pre_activation", "h")
     maps = Table.grid(padding=(0, 1))
@@ -166,7 +175,8 @@ def recurrent_view(events: list, index: int, trace) -> Group:
         u = int(np.argmax(np.abs(current.h)))
         detail.append(f"unit {u}: x·W {current.x_part[u]:+.3f} + h_prev·U {current.h_part[u]:+.3f} + bias "
                       f"{current.bias[u]:+.3f} = {current.pre_activation[u]:+.4f} → tanh → {current.h[u]:+.4f}")
-    return Group(header, status, detail, Text("units (down) × tokens (across); dark = not yet read", style="dim"), maps)
+    legend = Text("units (down) × tokens (across); dark = not yet read; red? = out of vocabulary", style="dim")
+    return Group(header, status, detail, legend, maps)
 
 
 def merge_view(e, trace, keras_out) -> Group:

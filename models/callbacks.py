@@ -65,3 +65,27 @@ class TrainingProgress(keras.callbacks.Callback):
         if self.log is not None:
             self.log.write(f"{time.strftime('%H:%M:%S')} {self.name}: {line}\n")
             self.log.flush()
+
+
+class BestValidationF1(keras.callbacks.Callback):
+    """Keeps the weights of the epoch with the best validation macro-F1 and restores them at the end
+    (validation loss can keep falling while the minority class is forgotten)."""
+
+    def __init__(self, x_val, y_val) -> None:
+        super().__init__()
+        self.x_val, self.y_val = x_val, y_val
+        self.best, self.best_epoch, self.best_weights = -1.0, -1, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        from sklearn.metrics import f1_score
+
+        pred = self.model.predict(self.x_val, verbose=0).argmax(1)
+        f1 = float(f1_score(self.y_val, pred, average="macro"))
+        if logs is not None:
+            logs["val_macro_f1"] = f1
+        if f1 > self.best:
+            self.best, self.best_epoch, self.best_weights = f1, epoch, self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)

@@ -1,0 +1,41 @@
+"""Feature-map gallery: every channel of a conv layer's output, scratch beside Keras."""
+from __future__ import annotations
+
+import numpy as np
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+from views.render import half_block_heatmap, side_by_side
+
+
+def gallery_text(layer: str, scratch: np.ndarray, keras: np.ndarray | None, per_row: int = 2) -> Text:
+    """`scratch` `(h, w, channels)`; each channel as a heatmap, Keras's map beside it when loaded."""
+    out = Text(f"{layer}: {scratch.shape[-1]} feature maps ({scratch.shape[0]}×{scratch.shape[1]}), "
+               f"{'scratch | Keras' if keras is not None else 'scratch (Keras not loaded yet)'}\n", style="bold")
+    scale = float(np.abs(scratch).max()) or 1.0
+    blocks = []
+    for ch in range(scratch.shape[-1]):
+        maps = [half_block_heatmap(scratch[..., ch], scale=scale)]
+        if keras is not None:
+            maps.append(half_block_heatmap(keras[..., ch], scale=scale))
+        blocks.append(Text.assemble((f"channel {ch}", "dim"), "\n", side_by_side(maps, gap=1)))
+    for i in range(0, len(blocks), per_row):
+        out.append_text(side_by_side(blocks[i:i + per_row], gap=4))
+    return out
+
+
+class GalleryScreen(ModalScreen):
+    BINDINGS = [Binding("escape,g,q", "app.pop_screen", "close")]
+    DEFAULT_CSS = "GalleryScreen > VerticalScroll { background: $surface; border: round $accent; }"
+
+    def __init__(self, text: Text) -> None:
+        super().__init__()
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static(self.text)

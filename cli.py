@@ -79,7 +79,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 
 def model_input(args: argparse.Namespace, scratch) -> tuple[object, str]:
     """The input for a command: an image file, a test image, a sentence, or the default."""
-    from models.inputs import check_text, cifar_test_image, default_image, load_image
+    from models.inputs import check_text, cifar_test_image, default_image, fit_to, load_image
 
     if scratch.takes_text or getattr(args, "text", None):
         if not scratch.takes_text:
@@ -88,12 +88,13 @@ def model_input(args: argparse.Namespace, scratch) -> tuple[object, str]:
         text = check_text(args.text if args.text is not None else "Makanannya enak sekali, pelayanannya ramah!")
         return [text], f'"{text}"'
     shape = scratch.input_info.get("shape") or [None, 32, 32, 3]
+    size = (shape[2] or 32, shape[1] or 32)
     if getattr(args, "image", None):
-        img = load_image(args.image, size=(shape[2] or 32, shape[1] or 32))
+        img = load_image(args.image, size=size)
     elif getattr(args, "index", None) is not None:
-        img = cifar_test_image(args.index, getattr(args, "data", None))
+        img = fit_to(cifar_test_image(args.index, getattr(args, "data", None)), size)
     else:
-        img = default_image(getattr(args, "data", None))
+        img = fit_to(default_image(getattr(args, "data", None)), size)
     return img.pixels, img.description + (f" ({img.note})" if img.note else "")
 
 
@@ -179,6 +180,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The same app in a browser (textual-serve): each browser tab runs `nntrace <view args>`."""
+    import shlex
+
+    from textual_serve.server import Server
+
+    view = [args.view] + (["--model", args.model] if args.model else []) + \
+        (["--text", args.text] if args.text else []) + (["--image", args.image] if args.image else []) + \
+        (["--index", str(args.index)] if args.index is not None else [])
+    command = shlex.join([sys.executable, str(Path(__file__).resolve()), *view])
+    print(f"serving nntrace on http://{args.host}:{args.port} (Ctrl+C to stop)")
+    Server(command, host=args.host, port=args.port, title="nntrace").serve()
+    return 0
+
+
 def add_input_options(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--image", help="a PNG or JPEG file (resized to 32×32)")
@@ -236,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
         view.add_argument("--model", help="a .keras or .npz file (default: the shipped model)")
         add_input_options(view)
         view.set_defaults(func=cmd_view, kind=kind)
+
+    serve = sub.add_parser("serve", help="run the app in a browser (for a classroom projector)")
+    serve.add_argument("view", nargs="?", default="cnn", choices=["cnn", "rnn", "lstm"])
+    serve.add_argument("--model")
+    add_input_options(serve)
+    serve.add_argument("--host", default="localhost")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=cmd_serve)
 
     rep = sub.add_parser("replay", help="replay a recorded trace file without the model")
     rep.add_argument("file")

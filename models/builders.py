@@ -35,6 +35,7 @@ class TextSettings:
     dropout: float = 0.5
     learning_rate: float = 2e-3
     embedding_dropout: float = 0.0  # SpatialDropout1D after the embedding (identity at inference)
+    embedding_init: str = "random"  # random | lsa (word vectors from an SVD of the training texts)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,10 +77,15 @@ def build_text_model(s: TextSettings, train_texts, num_classes: int = 3, seed: i
     vectorizer = L.TextVectorization(max_tokens=s.max_tokens, output_sequence_length=s.sequence_length,
                                      name="text_vectorization")
     vectorizer.adapt(np.asarray(train_texts))
+    vocabulary = vectorizer.get_vocabulary()
+    init = "uniform"
+    if s.embedding_init == "lsa":
+        init = keras.initializers.Constant(lsa_vectors(np.asarray(train_texts), vectorizer, s.embedding_dim))
     rnn = {"lstm": L.LSTM, "simple_rnn": L.SimpleRNN}[s.cell]
     inputs = keras.Input(shape=(1,), dtype="string", name="text")
     x = vectorizer(inputs)
-    x = L.Embedding(len(vectorizer.get_vocabulary()), s.embedding_dim, mask_zero=True, name="embedding")(x)
+    x = L.Embedding(len(vocabulary), s.embedding_dim, mask_zero=True, embeddings_initializer=init,
+                    name="embedding")(x)
     if s.embedding_dropout:
         x = L.SpatialDropout1D(s.embedding_dropout, name="embedding_dropout")(x)
     for i in range(s.rnn_layers):
@@ -91,3 +97,25 @@ def build_text_model(s: TextSettings, train_texts, num_classes: int = 3, seed: i
     x = L.Dropout(s.dropout, name="dropout")(x)
     outputs = L.Dense(num_classes, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, outputs, name=f"nusax_{s.cell}")
+
+
+def lsa_vectors(texts, vectorizer, dim: int):
+    """Word vectors from the training texts alone: a truncated SVD of the TF-IDF word × sentence
+    matrix, scaled like Keras's uniform initializer. Rows follow the vectorizer's vocabulary."""
+    import numpy as np
+    from sklearn.decomposition import TruncatedSVD
+
+    ids = np.asarray(vectorizer(texts))
+    vocab_size = len(vectorizer.get_vocabulary())
+    counts = np.zeros((vocab_size, len(texts)), np.float32)
+    for doc, row in enumerate(ids):
+        for token in row[row > 1]:  # skip padding and [UNK]
+            counts[token, doc] += 1
+    df = (counts > 0).sum(axis=1, keepdims=True)
+    tfidf = np.log1p(counts) * np.log((1 + len(texts)) / (1 + df))
+    k = min(dim, min(tfidf.shape) - 1)
+    vectors = TruncatedSVD(k, random_state=0).fit_transform(tfidf)
+    out = np.random.default_rng(0).uniform(-0.05, 0.05, (vocab_size, dim)).astype(np.float32)
+    scale = 0.05 / (np.abs(vectors).max() or 1.0)
+    out[2:, :k] = vectors[2:] * scale * 2
+    return out

@@ -46,6 +46,18 @@ class ImageInput:
     note: str = ""       # e.g. "resized from 640×480"
 
 
+def fit_to(img: ImageInput, size: tuple[int, int]) -> ImageInput:
+    """Resize (with a visible note) when the model takes another size; `size` is (width, height)."""
+    from PIL import Image
+
+    h, w = img.pixels.shape[1:3]
+    if (w, h) == tuple(size):
+        return img
+    pil = Image.fromarray(img.pixels[0].astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
+    note = f"resized from {w}×{h} to {size[0]}×{size[1]}"
+    return ImageInput(np.asarray(pil, np.float32)[None], img.description, img.label, note)
+
+
 def load_image(path: str | Path, size: tuple[int, int] = (32, 32)) -> ImageInput:
     from PIL import Image, UnidentifiedImageError
 
@@ -57,11 +69,7 @@ def load_image(path: str | Path, size: tuple[int, int] = (32, 32)) -> ImageInput
             rgb = img.convert("RGB")
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"'{path}' is not a readable image (PNG or JPEG): {exc}") from exc
-    note = ""
-    if rgb.size != size:
-        note = f"resized from {rgb.size[0]}×{rgb.size[1]} to {size[0]}×{size[1]}"
-        rgb = rgb.resize(size, Image.Resampling.BILINEAR)
-    return ImageInput(np.asarray(rgb, np.float32)[None], path.name, None, note)
+    return fit_to(ImageInput(np.asarray(rgb, np.float32)[None], path.name), size)
 
 
 def cifar_test_image(index: int, data_dir=None) -> ImageInput:

@@ -195,6 +195,71 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+REPORT = Path(__file__).resolve().parent / "reports" / "experiments.json"
+
+
+def lesson_trace(lesson):
+    """The shipped model, the lesson's input, its trace and Session (Keras beside it)."""
+    import json
+
+    from models import load_scratch
+    from models.inputs import default_image, fit_to, keras_path_for, resolve_model
+    from tracer import trace
+    from tui import Session
+
+    path = resolve_model(lesson.model)
+    scratch = load_scratch(path)
+    if "text" in lesson.input:
+        x, described = [lesson.input["text"]], f'"{lesson.input["text"]}"'
+    else:
+        shape = scratch.input_info.get("shape") or [None, 32, 32, 3]
+        img = fit_to(default_image(), (shape[2], shape[1]))
+        x, described = img.pixels, img.description
+    t = trace(scratch, x)
+    t.context["model_input"] = x
+    report = json.loads(REPORT.read_text()) if REPORT.exists() else None
+    return Session(t, described, keras_path_for(path)), scratch, report
+
+
+def cmd_lessons(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lessons.runner import Progress, load_lessons
+
+    progress = Progress.load()
+    if args.reset:
+        progress.reset()
+    table = Table(title="nntrace lessons — start one with `nntrace lesson N`")
+    for col in ("#", "lesson", "model", "progress"):
+        table.add_column(col)
+    for lesson in load_lessons():
+        mark = "[green]✓ done[/green]" if progress.done(lesson) else (
+            f"step {progress.step_of(lesson) + 1}/{len(lesson.steps)}" if progress.step_of(lesson) else "·")
+        table.add_row(str(lesson.number), lesson.title, lesson.model, mark)
+    Console().print(table)
+    return 0
+
+
+def cmd_lesson(args: argparse.Namespace) -> int:
+    from lessons.runner import LessonSession, Progress, load_lessons, validate
+    from tui import NNTraceApp
+
+    lessons = {l.number: l for l in load_lessons()}
+    if args.number not in lessons:
+        print(f"nntrace: no lesson {args.number}; lessons: {', '.join(map(str, sorted(lessons)))}", file=sys.stderr)
+        return 2
+    lesson = lessons[args.number]
+    progress = Progress.load()
+    if args.reset:
+        progress.reset(lesson)
+    session, scratch, report = lesson_trace(lesson)
+    validate(lesson, session.trace, report)
+    start = 0 if progress.done(lesson) else None
+    NNTraceApp(session, scratch, LessonSession(lesson, session.trace, progress, report, start)).run()
+    return 0
+
+
 def add_input_options(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--image", help="a PNG or JPEG file (resized to 32×32)")
@@ -260,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="localhost")
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(func=cmd_serve)
+
+    ls = sub.add_parser("lessons", help="list the guided lessons with your progress")
+    ls.add_argument("--reset", action="store_true", help="forget all lesson progress")
+    ls.set_defaults(func=cmd_lessons)
+    one = sub.add_parser("lesson", help="start or resume lesson N")
+    one.add_argument("number", type=int)
+    one.add_argument("--reset", action="store_true", help="start this lesson from the beginning")
+    one.set_defaults(func=cmd_lesson)
 
     rep = sub.add_parser("replay", help="replay a recorded trace file without the model")
     rep.add_argument("file")

@@ -109,8 +109,9 @@ class NNTraceApp(App):
     layer_index = reactive(0)
     step = reactive(0)
 
-    def __init__(self, session: Session, model=None) -> None:
+    def __init__(self, session: Session, model=None, lesson=None) -> None:
         super().__init__()
+        self.lesson = lesson  # a lessons.runner.LessonSession, when a lesson is being played
         self.session = session
         self.trace = session.trace
         self.model = model  # the scratch model, for new sentences (None when replaying)
@@ -131,6 +132,10 @@ class NNTraceApp(App):
             yield DataTable(id="layers", cursor_type="row", zebra_stripes=True)
             with VerticalScroll(id="main"):
                 yield Static(id="view")
+        if self.lesson is not None:
+            from views.lesson_panel import LessonPanel
+
+            yield LessonPanel(id="lesson")
         yield Static(id="status")
         yield Footer()
 
@@ -141,7 +146,49 @@ class NNTraceApp(App):
         self.fill_layer_table()
         if self.session.keras_path is not None:
             self.load_keras()
+        if self.lesson is not None:
+            self.show_lesson_step()
+            self.query_one("#answer", Input).focus()
         self.refresh_view()
+
+    # -- lessons --------------------------------------------------------------------------------
+    def show_lesson_step(self) -> None:
+        from views.lesson_panel import LessonPanel
+
+        lesson = self.lesson
+        step = lesson.step
+        if lesson.position is not None:
+            layer, index = lesson.position
+            names = [n for n, _ in self.trace.layers]
+            self.layer_index = names.index(layer)
+            self.events_until(layer, index)
+            self.step = index
+        q = step.question
+        self.query_one(LessonPanel).show(lesson.lesson.title, lesson.index + 1, len(lesson.lesson.steps), step.text,
+                                         q.prompt if q else None, lesson.options())
+        self.refresh_view()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if self.lesson is None or event.input.id != "answer":
+            return
+        from views.lesson_panel import LessonPanel
+
+        panel = self.query_one(LessonPanel)
+        if not self.lesson.answered:
+            if not event.value.strip():
+                panel.feedback("Type an answer first.", "yellow")
+                return
+            fb = self.lesson.answer(event.value)
+            style = "bold green" if fb.correct else ("bold yellow" if fb.revealed else "red")
+            panel.feedback(fb.message + ("  (Enter to continue)" if self.lesson.answered else ""), style)
+            event.input.value = ""
+            return
+        if self.lesson.next():
+            self.show_lesson_step()
+        else:
+            panel.feedback(f"Lesson complete: {self.lesson.lesson.title}. Press q to quit.", "bold green")
+            self.message = "lesson complete"
+            self.refresh_view()
 
     def fill_layer_table(self) -> None:
         table = self.query_one("#layers", DataTable)

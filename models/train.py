@@ -161,7 +161,9 @@ def fit(kind: str, settings: CNNSettings | TextSettings, data: Splits, out_dir: 
     model.save(keras_path)
     from models import load_scratch
 
-    load_scratch(model).save_weights(out_dir / f"{name}.npz", overwrite=True)
+    scratch = load_scratch(model)
+    scratch.meta.update(labels=list(data.labels), test_keras_f1=metrics["keras_f1"], seed=seed)
+    scratch.save_weights(out_dir / f"{name}.npz", overwrite=True)
     (out_dir / f"{name}-history.json").write_text(json.dumps(history, indent=1))
     (out_dir / f"{name}.json").write_text(json.dumps(metrics, indent=1))
     plot_history(history, out_dir / f"{name}-loss.png", f"{name}: loss per epoch")

@@ -78,14 +78,13 @@ def build_text_model(s: TextSettings, train_texts, num_classes: int = 3, seed: i
                                      name="text_vectorization")
     vectorizer.adapt(np.asarray(train_texts))
     vocabulary = vectorizer.get_vocabulary()
-    init = "uniform"
-    if s.embedding_init == "lsa":
-        init = keras.initializers.Constant(lsa_vectors(np.asarray(train_texts), vectorizer, s.embedding_dim))
     rnn = {"lstm": L.LSTM, "simple_rnn": L.SimpleRNN}[s.cell]
     inputs = keras.Input(shape=(1,), dtype="string", name="text")
     x = vectorizer(inputs)
-    x = L.Embedding(len(vocabulary), s.embedding_dim, mask_zero=True, embeddings_initializer=init,
-                    name="embedding")(x)
+    embedding = L.Embedding(len(vocabulary), s.embedding_dim, mask_zero=True, name="embedding")
+    x = embedding(x)
+    if s.embedding_init == "lsa":  # set as weights, not as an initializer, so the config stays small
+        embedding.set_weights([lsa_vectors(np.asarray(train_texts), vectorizer, s.embedding_dim)])
     if s.embedding_dropout:
         x = L.SpatialDropout1D(s.embedding_dropout, name="embedding_dropout")(x)
     for i in range(s.rnn_layers):

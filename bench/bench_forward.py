@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
+
+from bench.timing import best_time  # noqa: E402
 
 
 def seed_cnn():
@@ -40,16 +41,6 @@ def text_model(cell: str):
     x = L.Embedding(2000, 64, mask_zero=True)(inputs)
     x = (L.Bidirectional(L.LSTM(64)) if cell == "lstm" else L.SimpleRNN(64))(x)
     return keras.Model(inputs, L.Dense(3, activation="softmax")(x), name=f"bench_{cell}")
-
-
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up (graph tracing, caches)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def compare(name: str, keras_model, x, batch_size: int, repeats: int) -> dict:

@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from bench.timing import best_time  # noqa: E402
+
 
 def scratch_cnn():
     """The shipped CNN if present, else the same architecture with random weights."""
@@ -34,16 +36,6 @@ def scratch_cnn():
     from models.builders import CNNSettings, build_cnn
 
     return load_scratch(build_cnn(CNNSettings())), "default CNN architecture, random weights"
-
-
-def best(fn, repeats=5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def app_step_latency(model, x, presses: int = 30) -> float:
@@ -83,14 +75,14 @@ def main() -> None:
         for layer in model.layers:
             x = layer.forward(x)
 
-    t_bare = best(bare)
-    t_off = best(lambda: model.forward(batch))
-    t_trace = best(lambda: trace(model, image))
+    t_bare = best_time(bare)
+    t_off = best_time(lambda: model.forward(batch))
+    t_trace = best_time(lambda: trace(model, image))
 
     def first_event():
         next(trace(model, image).steps(conv))
 
-    t_first = best(first_event)
+    t_first = best_time(first_event)
     t = trace(model, image)
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]

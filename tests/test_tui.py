@@ -38,13 +38,17 @@ async def wait_for_keras(app, pilot, seconds=60):
     await pilot.pause()
 
 
-def view_text(app) -> str:
-    """The main panel as plain text, rendered the way the terminal shows it."""
+def as_text(renderable) -> str:
     from rich.console import Console
 
-    console = Console(width=100, record=True, file=open(os.devnull, "w"))
-    console.print(app.view_renderable)
+    console = Console(width=120, record=True, file=open(os.devnull, "w"))
+    console.print(renderable)
     return console.export_text()
+
+
+def view_text(app) -> str:
+    """The main panel as plain text, rendered the way the terminal shows it."""
+    return as_text(app.view_renderable)
 
 
 def test_stepping_through_a_convolution(tmp_path):
@@ -71,12 +75,13 @@ def test_stepping_through_a_convolution(tmp_path):
             assert app.keras_outputs is not None, app.keras_status
             assert all(ok for _, ok in app.keras_diffs.values())
             assert "Keras: " in view_text(app)
-            await pilot.press("k")
-            assert "Keras: " not in view_text(app)
             await pilot.press("g")
             assert app.screen.__class__.__name__ == "GalleryScreen"
-            assert "4 feature maps" in str(app.screen.text) and "Keras" in str(app.screen.text)
+            gallery = as_text(app.screen.text)
+            assert "4 feature maps" in gallery and "scratch | Keras" in gallery and "channel 3" in gallery
             await pilot.press("escape")
+            await pilot.press("k")
+            assert "Keras: " not in view_text(app)
             await pilot.press("question_mark")
             assert app.screen.__class__.__name__ == "HelpScreen"
             await pilot.press("escape")

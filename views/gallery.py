@@ -9,12 +9,14 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-from views.render import half_block_heatmap, side_by_side
+from rich.console import Group
+
+from views.render import half_block_heatmap, side_by_side, stack
 
 
-def gallery_text(layer: str, scratch: np.ndarray, keras: np.ndarray | None, per_row: int = 2) -> Text:
+def gallery_text(layer: str, scratch: np.ndarray, keras: np.ndarray | None, per_row: int = 2) -> Group:
     """`scratch` `(h, w, channels)`; each channel as a heatmap, Keras's map beside it when loaded."""
-    out = Text(f"{layer}: {scratch.shape[-1]} feature maps ({scratch.shape[0]}×{scratch.shape[1]}), "
+    title = Text(f"{layer}: {scratch.shape[-1]} feature maps ({scratch.shape[0]}×{scratch.shape[1]}), "
                f"{'scratch | Keras' if keras is not None else 'scratch (Keras not loaded yet)'}\n", style="bold")
     scale = float(np.abs(scratch).max()) or 1.0
     blocks = []
@@ -22,17 +24,16 @@ def gallery_text(layer: str, scratch: np.ndarray, keras: np.ndarray | None, per_
         maps = [half_block_heatmap(scratch[..., ch], scale=scale)]
         if keras is not None:
             maps.append(half_block_heatmap(keras[..., ch], scale=scale))
-        blocks.append(Text.assemble((f"channel {ch}", "dim"), "\n", side_by_side(maps, gap=1)))
-    for i in range(0, len(blocks), per_row):
-        out.append_text(side_by_side(blocks[i:i + per_row], gap=4))
-    return out
+        blocks.append(stack(Text(f"channel {ch}", style="dim"), side_by_side(maps, gap=1)))
+    rows = [side_by_side(blocks[i:i + per_row], gap=4) for i in range(0, len(blocks), per_row)]
+    return Group(title, *rows)
 
 
 class GalleryScreen(ModalScreen):
     BINDINGS = [Binding("escape,g,q", "app.pop_screen", "close")]
     DEFAULT_CSS = "GalleryScreen > VerticalScroll { background: $surface; border: round $accent; }"
 
-    def __init__(self, text: Text) -> None:
+    def __init__(self, text: Group) -> None:
         super().__init__()
         self.text = text
 

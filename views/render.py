@@ -1,7 +1,14 @@
 """Rendering helpers: colour scales readable on dark and light themes, half-block images, heatmaps."""
 from __future__ import annotations
 
+import io
+from functools import lru_cache
+
 import numpy as np
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 
 NEG, POS = (59, 110, 196), (214, 96, 45)   # blue for negative, orange for positive
@@ -21,7 +28,41 @@ def heat(value: float, scale: float) -> str:
     return mix(MID, POS if value >= 0 else NEG, t)
 
 
-def half_block_image(rgb: np.ndarray, box: tuple[int, int, int, int] | None = None) -> Text:
+@lru_cache(maxsize=65536)
+def style(spec: str) -> Style:
+    return Style.parse(spec)
+
+
+class Block:
+    """Fixed lines of styled cells, rendered straight to segments (no span bookkeeping), so large
+    half-block pictures stay cheap to draw."""
+
+    def __init__(self, lines: list[list[Segment]]) -> None:
+        self.lines = lines
+        self.width = max((sum(len(s.text) for s in line) for line in lines), default=0)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for line in self.lines:
+            yield from line
+            yield Segment.line()
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(self.width, self.width)
+
+
+_CONSOLE = Console(width=1000, file=io.StringIO(), color_system="truecolor")
+
+
+def as_block(item: "Text | Block") -> Block:
+    if isinstance(item, Block):
+        return item
+    lines = [list(line.render(_CONSOLE)) for line in item.split("\n", allow_blank=True)]
+    while lines and not lines[-1]:
+        lines.pop()
+    return Block(lines)
+
+
+def half_block_image(rgb: np.ndarray, box: tuple[int, int, int, int] | None = None) -> Block:
     """`(h, w, 3)` 0–255 pixels as half-block cells (two pixel rows per text row); `box` =
     (top, left, height, width) is outlined by brightening those pixels."""
     img = np.clip(np.asarray(rgb, np.float32), 0, 255)
@@ -32,17 +73,16 @@ def half_block_image(rgb: np.ndarray, box: tuple[int, int, int, int] | None = No
         img = np.where(mask[..., None], 255 - (255 - img) * 0.35, img * 0.55)
     if img.shape[0] % 2:
         img = np.concatenate([img, np.zeros((1,) + img.shape[1:], np.float32)])
-    text = Text()
-    for r in range(0, img.shape[0], 2):
-        for c in range(img.shape[1]):
-            t, b = img[r, c].astype(int), img[r + 1, c].astype(int)
-            text.append("▀", style=f"rgb({t[0]},{t[1]},{t[2]}) on rgb({b[0]},{b[1]},{b[2]})")
-        text.append("\n")
-    return text
+    px = img.astype(int)
+    lines = []
+    for r in range(0, px.shape[0], 2):
+        lines.append([Segment("▀", style(f"rgb({t[0]},{t[1]},{t[2]}) on rgb({b[0]},{b[1]},{b[2]})"))
+                      for t, b in zip(px[r].tolist(), px[r + 1].tolist())])
+    return Block(lines)
 
 
 def half_block_heatmap(values: np.ndarray, scale: float | None = None, hidden: np.ndarray | None = None,
-                       mark: tuple[int, int] | None = None) -> Text:
+                       mark: tuple[int, int] | None = None) -> Block:
     """A 2-D array as diverging colours, two rows per text row. `hidden` cells show dark (not yet
     stepped); `mark` (row, col) is drawn white."""
     v = np.asarray(values, np.float32)
@@ -57,13 +97,11 @@ def half_block_heatmap(values: np.ndarray, scale: float | None = None, hidden: n
         colours[mark[0]][mark[1]] = "rgb(255,255,255)"
     if len(colours) % 2:
         colours.append(["default"] * v.shape[1])
-    text = Text()
+    lines = []
     for r in range(0, len(colours), 2):
-        for c in range(v.shape[1]):
-            bottom = colours[r + 1][c]
-            text.append("▀", style=f"{colours[r][c]} on {bottom}" if bottom != "default" else colours[r][c])
-        text.append("\n")
-    return text
+        lines.append([Segment("▀", style(f"{top} on {bottom}" if bottom != "default" else top))
+                      for top, bottom in zip(colours[r], colours[r + 1])])
+    return Block(lines)
 
 
 def number_grid(values: np.ndarray, fmt: str = "{:7.3f}", scale: float | None = None,
@@ -86,17 +124,23 @@ def bar(value: float, width: int = 30) -> str:
     return "█" * n + "·" * (width - n)
 
 
-def side_by_side(blocks: list[Text], gap: int = 3) -> Text:
-    """Join multi-line Texts column-wise (cheaper than a rich Table for fixed-width blocks)."""
-    split = [b.split("\n", allow_blank=True) for b in blocks]
-    widths = [max((line.cell_len for line in lines), default=0) for lines in split]
-    height = max(len(lines) for lines in split)
-    out = Text()
+def stack(*items: "Text | Block") -> Block:
+    """Blocks (or Texts) one under the other."""
+    return Block([line for item in items for line in as_block(item).lines])
+
+
+def side_by_side(items: list["Text | Block"], gap: int = 3) -> Block:
+    """Join multi-line blocks column-wise (cheaper than a rich Table for fixed-width blocks)."""
+    blocks = [as_block(i) for i in items]
+    height = max((len(b.lines) for b in blocks), default=0)
+    lines = []
     for r in range(height):
-        for i, lines in enumerate(split):
-            line = lines[r] if r < len(lines) else Text()
-            out.append_text(line)
-            if i < len(split) - 1:
-                out.append(" " * (widths[i] - line.cell_len + gap))
-        out.append("\n")
-    return out
+        line: list[Segment] = []
+        for i, b in enumerate(blocks):
+            cells = b.lines[r] if r < len(b.lines) else []
+            line.extend(cells)
+            if i < len(blocks) - 1:
+                used = sum(len(s.text) for s in cells)
+                line.append(Segment(" " * (b.width - used + gap)))
+        lines.append(line)
+    return Block(lines)

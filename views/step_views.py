@@ -10,7 +10,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from views.render import bar, half_block_heatmap, half_block_image, heat, number_grid, side_by_side
+from views.render import bar, half_block_heatmap, half_block_image, heat, number_grid, side_by_side, stack
 
 
 def layer_input(trace, layer: str) -> np.ndarray | None:
@@ -40,13 +40,14 @@ def conv_view(e, trace, seen: np.ndarray | None, keras_out: np.ndarray | None) -
     if seen is not None:
         pictures.append(half_block_heatmap(seen, mark=(e.row, e.col), hidden=np.isnan(seen)))
         captions.append(Text(f"filter {e.filter}'s feature map so far", style="dim"))
-    top = side_by_side([Text.assemble(c, "\n", p) for c, p in zip(captions, pictures)]) if pictures else Text()
-    grids = Text()
+    top = side_by_side([stack(c, p) for c, p in zip(captions, pictures)]) if pictures else Text()
+    rows = []
     for ch in range(min(cin, 3)):
         labels = [f"patch ch{ch}", f"× kernel ch{ch}", f"= products ch{ch}"]
-        grids.append_text(side_by_side([Text.assemble((label, "dim"), "\n", grid) for label, grid in zip(labels, [
+        rows.append(side_by_side([stack(Text(label, style="dim"), grid) for label, grid in zip(labels, [
             number_grid(e.patch[..., ch], "{:+.3f}", special=e.padding), number_grid(e.kernel[..., ch], "{:+.3f}"),
             number_grid(e.products[..., ch], "{:+.3f}")])]))
+    grids = stack(*rows) if rows else Text()
     more = Text(f"channels 0–{min(cin, 3) - 1} of {cin} shown; the sum runs over all {cin}\n" if cin > 3 else "",
                 style="dim")
     formula = Text()
@@ -150,17 +151,14 @@ def recurrent_view(events: list, index: int, trace) -> Group:
         header.append((tok or "·pad·") + ("?" if oov else "") + " ", style=style)
     kind = "LSTM" if current.kind == "lstm_step" else "SimpleRNN"
     names = ("i", "f", "g", "o", "c", "h") if kind == "LSTM" else ("x_part", "h_part", "pre_activation", "h")
-    maps = Table.grid(padding=(0, 1))
-    row_titles, row_maps = [], []
+    columns = []
     for name in names:
         grid = np.full((len(getattr(current, name)), n_time), np.nan, np.float32)
         for e in shown:
             grid[:, e.time] = getattr(e, name)
-        row_titles.append(Text(name, style="bold"))
-        row_maps.append(half_block_heatmap(grid, scale=1.0 if name in ("i", "f", "o", "g", "h") else None,
-                                           hidden=np.isnan(grid)))
-    maps.add_row(*row_titles)
-    maps.add_row(*row_maps)
+        columns.append(stack(Text(name, style="bold"), half_block_heatmap(
+            grid, scale=1.0 if name in ("i", "f", "o", "g", "h") else None, hidden=np.isnan(grid))))
+    maps = side_by_side(columns, gap=2)
     status = Text(f"{kind} {direction} sweep, step {current.step} reads token #{current.time}: ")
     status.append(repr(tokens[current.time]) if tokens and current.time < len(tokens) else "")
     if current.masked:

@@ -58,3 +58,19 @@ def test_unreadable_image(tmp_path, cnn_files, capsys):
     (tmp_path / "bad.png").write_text("not an image")
     assert cli.main(["compare", str(cnn_files), "--image", str(tmp_path / "bad.png")]) == 2
     assert "not a readable image" in capsys.readouterr().err
+
+
+def test_the_first_frame_does_not_wait_for_tensorflow(tmp_path):
+    """Opening a session (model, input, trace) from a .npz imports neither TensorFlow nor Keras."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = load_scratch(small_text_model()).save_weights(tmp_path / "t.npz")
+    code = ("import sys, cli; args = cli.build_parser().parse_args(['lstm', '--model', sys.argv[1], '--text', 'enak']);"
+            "session, _ = cli.open_session(args); assert session.trace.layers;"
+            "print('tensorflow' in sys.modules or 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -4,7 +4,7 @@ No TensorFlow import anywhere in this package.
 """
 from layers.base import Layer
 from layers.conv import Conv2D
-from layers.core import Activation, Dense, Dropout, Flatten, InputLayer, Rescaling, Reshape, Softmax
+from layers.core import Activation, Dense, Dropout, Flatten, Identity, InputLayer, Rescaling, Reshape, Softmax
 from layers.embedding import Embedding, TextVectorization
 from layers.errors import (InputShapeError, ModelStructureError, NNTraceError, UnsupportedLayerError,
                            WeightMismatchError)
@@ -17,9 +17,12 @@ LAYER_CLASSES: dict[str, type[Layer]] = {
     cls.__name__: cls
     for cls in (Conv2D, MaxPooling2D, AveragePooling2D, GlobalMaxPooling2D, GlobalAveragePooling2D, Flatten,
                 Reshape, Dense, Activation, Softmax, Rescaling, BatchNormalization, Dropout, Embedding,
-                TextVectorization, SimpleRNN, LSTM, Bidirectional, InputLayer)
+                TextVectorization, SimpleRNN, LSTM, Bidirectional, InputLayer, Identity)
 }
-SUPPORTED_LAYERS: list[str] = sorted(n for n in LAYER_CLASSES if n != "InputLayer")
+SUPPORTED_LAYERS: list[str] = sorted([n for n in LAYER_CLASSES if n not in ("InputLayer", "Identity")] +
+                                      ["RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom",
+                                       "RandomContrast", "RandomCrop", "GaussianNoise", "GaussianDropout",
+                                       "SpatialDropout1D", "SpatialDropout2D"])
 
 __all__ = ["Layer", "LAYER_CLASSES", "SUPPORTED_LAYERS", "NNTraceError", "UnsupportedLayerError",
            "InputShapeError", "WeightMismatchError", "ModelStructureError", *LAYER_CLASSES]

@@ -163,9 +163,19 @@ class Dropout(Layer):
 
 
 class InputLayer(Layer):
-    """Keras's placeholder for the model input, and the stand-in for layers that are the identity at
-    inference (augmentation, SpatialDropout); passes the mask on."""
+    """Keras's placeholder for the model input; identity, passes the mask on."""
 
+    supports_masking = True
+
+    def call(self, x, mask, training):
+        return x
+
+
+class Identity(Layer):
+    """A Keras layer that is the identity at inference (augmentation, SpatialDropout, noise), named
+    by `keras_class`; passes the mask on."""
+
+    config_keys = ("keras_class",)
     supports_masking = True
 
     def call(self, x, mask, training):

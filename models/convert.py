@@ -71,7 +71,7 @@ def layer_spec(klayer) -> dict:
     class_name = type(klayer).__name__
     config = klayer.get_config()
     if class_name in INFERENCE_IDENTITY:
-        return {"class_name": "InputLayer", "config": {"name": config["name"], "keras_class": class_name}}
+        return {"class_name": "Identity", "config": {"name": config["name"], "keras_class": class_name}}
     return {"class_name": class_name, "config": config}
 
 
@@ -90,7 +90,7 @@ def convert(model) -> tuple[list[Layer], dict]:
     for klayer in keras_chain(model):
         spec = layer_spec(klayer)
         layer = build_layer(spec)
-        layer.set_weights(layer_weights(klayer) if spec["class_name"] != "InputLayer" else [])
+        layer.set_weights(layer_weights(klayer) if spec["class_name"] != "Identity" else [])
         layers.append(layer)
     tensor = model.inputs[0] if getattr(model, "inputs", None) else None
     input_info = {

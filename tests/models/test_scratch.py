@@ -123,3 +123,21 @@ def test_dropout_trains_with_a_seeded_rng():
     assert abs(kept.mean() - 0.8) < 0.01
     np.testing.assert_allclose(y[kept], 1 / 0.8)
     np.testing.assert_array_equal(drop.forward(x, training=False), x)
+
+
+def test_layers_that_are_identity_at_inference_convert():
+    """Augmentation and spatial dropout run only in training: Keras skips them at inference, so do we."""
+    L = keras.layers
+    cnn = keras.Sequential([keras.Input((8, 8, 3)), L.RandomFlip("horizontal", name="flip"),
+                            L.RandomTranslation(0.1, 0.1, name="shift"), L.Conv2D(2, 3, name="c"),
+                            L.GaussianNoise(0.5, name="noise"), L.Flatten(), L.Dense(2, activation="softmax")])
+    x = np.random.default_rng(3).uniform(0, 1, (4, 8, 8, 3)).astype(np.float32)
+    scratch = load_scratch(cnn)
+    assert [type(l).__name__ for l in scratch.layers][:2] == ["Identity", "Identity"]
+    assert scratch.layers[0].config["keras_class"] == "RandomFlip"
+    np.testing.assert_allclose(scratch.forward(x), cnn.predict(x, verbose=0), atol=1e-6)
+    inputs = keras.Input((5,), dtype="int32")
+    h = L.SpatialDropout1D(0.3)(L.Embedding(9, 3, mask_zero=True)(inputs))
+    text = keras.Model(inputs, L.Dense(2, activation="softmax")(L.LSTM(2)(h)))
+    ids = np.array([[3, 4, 0, 0, 0], [1, 2, 3, 4, 5]], np.int32)
+    np.testing.assert_allclose(load_scratch(text).forward(ids), text.predict(ids, verbose=0), atol=1e-6)

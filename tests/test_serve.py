@@ -5,6 +5,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -82,7 +83,8 @@ def test_serve_renders_the_first_screen_in_headless_chromium(tmp_path):
     path = load_scratch(small_cnn()).save_weights(tmp_path / "m.npz")
     port, debug_port = free_port(), free_port()
     server = subprocess.Popen([sys.executable, "cli.py", "serve", "cnn", "--model", str(path), "--port", str(port),
-                               "--host", "127.0.0.1"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                               "--host", "127.0.0.1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # its own process group: the app it starts goes too
     browser = None
     try:
         wait_for_port(port, 60)
@@ -99,10 +101,8 @@ def test_serve_renders_the_first_screen_in_headless_chromium(tmp_path):
             colours = len(set(img.convert("RGB").getdata()))
         assert colours > 50  # the app's coloured screen, not the plain loading page
     finally:
-        for proc in (browser, server):
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        if browser is not None:
+            browser.kill()
+            browser.wait(10)
+        os.killpg(server.pid, signal.SIGKILL)  # the server and every app process it started
+        server.wait(10)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
+from layers import activations
 from layers.base import Layer, as_float32
 
 
@@ -87,36 +89,59 @@ class Conv2D(Layer):
         return x, oh, ow
 
     def im2col(self, xp: np.ndarray, oh: int, ow: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Padded `(n, H, W, cin)` → columns `(n, oh, ow, kh, kw, cin)`: one row per output pixel."""
+        """Padded `(n, H, W, cin)` → columns `(n, oh, ow, kh, kw, cin)`: one row per output pixel.
+
+        Within one input row, the `kw` cells of a patch row are `kw*cin` consecutive floats, so a
+        strided view gives every patch row without copying; only `kh` copies remain (one per kernel
+        row), each moving contiguous runs of `kw*cin` floats.
+        """
         (kh, kw), (sh, sw) = self.kernel_size, self.strides
-        n, c = xp.shape[0], xp.shape[3]
+        n, _, _, c = xp.shape
         cols = np.empty((n, oh, ow, kh, kw, c), np.float32) if out is None else out[:n]
-        for i in range(kh):  # loops over kernel offsets only; every pixel moves in one slice
-            for j in range(kw):
-                cols[:, :, :, i, j, :] = xp[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
+        if c < 8:  # a few channels: runs of kw*cin floats are too short to pay off; copy per offset
+            for i in range(kh):
+                for j in range(kw):
+                    cols[:, :, :, i, j, :] = xp[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
+            return cols
+        xp = np.ascontiguousarray(xp)
+        s_n, s_h, _, s_c = xp.strides
+        rows = as_strided(xp, shape=(n, xp.shape[1], ow, kw * c), strides=(s_n, s_h, sw * c * s_c, s_c),
+                          writeable=False)  # rows[b, y, x] = the kw*cin floats starting at column x*sw
+        flat = cols.reshape(n, oh, ow, kh, kw * c)
+        for i in range(kh):  # loops over kernel rows only; every pixel moves in one slice
+            flat[:, :, :, i, :] = rows[:, i:i + sh * (oh - 1) + 1:sh]
         return cols
 
     def call(self, x, mask, training):
         kernel = self.weights["kernel"]
-        cin = kernel.shape[2]
+        cin, filters = kernel.shape[2], kernel.shape[3]
         self.expect(x, 4, cin, f"(batch, height, width, {cin})")
-        kh, kw = self.kernel_size
-        if self.padding == "valid" and (x.shape[1] < kh or x.shape[2] < kw):
-            self.expect(np.empty((0, 0)), 4, None, f"at least {kh}×{kw} pixels, got {x.shape[1]}×{x.shape[2]}")
-        xp, oh, ow = self.pad(as_float32(x))
-        n = x.shape[0]
-        filters = kernel.shape[-1]
+        (kh, kw), (n, h, w) = self.kernel_size, x.shape[:3]
+        if self.padding == "valid" and (h < kh or w < kw):
+            self.expect(np.empty((0, 0)), 4, None, f"at least {kh}×{kw} pixels, got {h}×{w}")
+        (t, b), (l, r), oh, ow = output_geometry(h, w, self.kernel_size, self.strides, self.padding)
         out = np.empty((n, oh, ow, filters), np.float32)
-        step = max(1, self.chunk_rows // max(oh * ow, 1))
-        buf = np.empty((min(step, n), oh, ow, kh, kw, cin), np.float32)
+        step = max(1, min(n, self.chunk_rows // max(oh * ow, 1)))
+        # Buffers reused for every chunk of `step` images: the padding frame is written once.
+        padded = np.zeros((step, h + t + b, w + l + r, cin), np.float32)
+        cols = np.empty((step, oh, ow, kh, kw, cin), np.float32)
         for s in range(0, n, step):
-            cols = self.im2col(xp[s:s + step], oh, ow, buf)
-            z = out[s:s + step].reshape(-1, filters)
-            np.matmul(cols.reshape(-1, kh * kw * cin), self.kernel_matrix, out=z)
+            m = min(step, n - s)
+            padded[:m, t:t + h, l:l + w] = x[s:s + m]
+            self.im2col(padded[:m], oh, ow, cols)
+            z = out[s:s + m].reshape(-1, filters)
+            np.matmul(cols[:m].reshape(-1, kh * kw * cin), self.kernel_matrix, out=z)
             if "bias" in self.weights:
                 z += self.weights["bias"]
-            z[...] = self.act(z)
+            self.activate_in_place(z)
         return out
+
+    def activate_in_place(self, z: np.ndarray) -> None:
+        name = activations.activation_name(self.config.get("activation"))
+        if name == "relu":
+            np.maximum(z, 0, out=z)
+        elif name != "linear":
+            z[...] = self.act(z)
 
     def steps(self, x, mask=None, context=None, rows=None, cols=None, filters=None):
         """One `ConvPatch` per (filter, row, col) of sample `x` `(1, h, w, in_ch)`, filter-major.

@@ -124,6 +124,7 @@ class NNTraceApp(App):
         self.play_interval = 0.3
         self.timer = None
         self.message = session.note
+        self.last_shape_key: tuple | None = None
 
     # -- layout -------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -468,7 +469,12 @@ class NNTraceApp(App):
         except Exception as exc:  # a view must never take the app down
             renderable = Text(f"cannot show this step: {exc}", style="bold red")
         self.view_renderable = renderable
-        self.query_one("#view", Static).update(renderable)
+        # Within one layer every step draws the same shape: skip the layout pass (a large share of
+        # the cost of a step); a new layer or kind of step may change the size, so lay out again.
+        event = self.current_event()
+        shape_key = (self.layer_index, None if event is None else event.kind, self.show_keras, self.keras_outputs is None)
+        self.query_one("#view", Static).update(renderable, layout=shape_key != self.last_shape_key)
+        self.last_shape_key = shape_key
         total = self.step_count_known(name)
         status = Text(f"layer {self.layer_index + 1}/{len(self.trace.layers)} {name} ({cls})  "
                       f"step {self.step + 1}{'' if total is None else f'/{max(total, 1)}'}  │ ")

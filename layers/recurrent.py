@@ -205,7 +205,8 @@ class Recurrent(Layer):
             if keep is not None and t not in keep:
                 continue
             masked = mask is not None and not bool(np.asarray(mask)[0, t])
-            parts = {k_: v[0] if v.ndim == 2 else v for k_, v in self.cell.explain(x[:, t], before).items()}
+            parts = {name: value[0] if value.ndim == 2 else value
+                     for name, value in self.cell.explain(x[:, t], before).items()}
             common = dict(direction=direction, step=k, time=t, masked=masked, h_prev=before[0][0], h=after[0][0])
             if isinstance(self.cell, LSTMCell):
                 yield LSTMStep(self.name, c_prev=before[1][0], c=after[1][0], **parts, **common)

@@ -22,6 +22,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_forward.py
+	$(BIN)/python bench/bench_trace.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

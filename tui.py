@@ -441,7 +441,8 @@ class NNTraceApp(App):
             return step_views.embedding_view(event, self.trace, keras_out)
         if kind in ("lstm_step", "rnn_step"):
             events = self.events_until(name, 10**6)
-            return step_views.recurrent_view(events, self.step, self.trace)
+            width = self.query_one("#main").size.width or 72
+            return step_views.recurrent_view(events, self.step, self.trace, width=max(width - 2, 30))
         if kind == "bidirectional_merge":
             return step_views.merge_view(event, self.trace, keras_out)
         if kind == "dropout":

@@ -132,30 +132,38 @@ def token_ids(trace) -> np.ndarray | None:
     return trace.output(first).reshape(-1) if cls == "TextVectorization" else None
 
 
-def recurrent_view(events: list, index: int, trace) -> Group:
+def recurrent_view(events: list, index: int, trace, width: int = 72) -> Group:
     """Tokens across the top; per direction the gates (LSTM) or parts (SimpleRNN) and h as
-    units × tokens heatmaps up to the current step; masked steps marked."""
+    units × tokens heatmaps up to the current step, for a window of tokens that fits `width`
+    columns; masked steps marked."""
     current = events[index]
     tokens = trace.context.get("tokens")
     direction = current.direction
     sweep = [e for e in events if getattr(e, "direction", None) == direction]
     shown = [e for e in sweep if e.step <= current.step]
     n_time = max(e.time for e in sweep) + 1
+    kind = "LSTM" if current.kind == "lstm_step" else "SimpleRNN"
+    names = ("i", "f", "g", "o", "c", "h") if kind == "LSTM" else ("x_part", "h_part", "pre_activation", "h")
+    span = max(3, min(n_time, width // len(names) - 2))  # token columns that fit beside each other
+    start = max(0, min(current.time - span + 2, n_time - span))
+    window = range(start, start + span)
     ids = token_ids(trace)
-    header = Text()
-    for t in range(n_time):
+    header = Text("… " if start > 0 else "")
+    for t in window:
         tok = tokens[t] if tokens and t < len(tokens) else str(t)
         masked = next((e.masked for e in sweep if e.time == t), False)
         oov = ids is not None and t < len(ids) and ids[t] == trace.context.get("oov_id")
         style = "reverse bold" if t == current.time else ("dim strike" if masked else "bold red" if oov else "")
-        header.append((tok or "·pad·") + ("?" if oov else "") + " ", style=style)
-    kind = "LSTM" if current.kind == "lstm_step" else "SimpleRNN"
-    names = ("i", "f", "g", "o", "c", "h") if kind == "LSTM" else ("x_part", "h_part", "pre_activation", "h")
+        header.append((tok or "·pad·") + ("?" if oov else ""), style=style)
+        header.append(" ")
+    if start + span < n_time:
+        header.append(f"… ({n_time} positions)", style="dim")
     columns = []
     for name in names:
-        grid = np.full((len(getattr(current, name)), n_time), np.nan, np.float32)
+        grid = np.full((len(getattr(current, name)), span), np.nan, np.float32)
         for e in shown:
-            grid[:, e.time] = getattr(e, name)
+            if start <= e.time < start + span:
+                grid[:, e.time - start] = getattr(e, name)
         columns.append(stack(Text(name, style="bold"), half_block_heatmap(
             grid, scale=1.0 if name in ("i", "f", "o", "g", "h") else None, hidden=np.isnan(grid))))
     maps = side_by_side(columns, gap=2)
@@ -164,16 +172,16 @@ def recurrent_view(events: list, index: int, trace) -> Group:
     if current.masked:
         status.append("  — masked (padding): states carried over unchanged", style="bold yellow")
     detail = Text()
+    u = int(np.argmax(np.abs(current.h)))
     if kind == "LSTM":
-        u = int(np.argmax(np.abs(current.h)))
         detail.append(f"unit {u}: c = f·c_prev + i·g = {current.f[u]:.3f}·{current.c_prev[u]:+.3f} + "
                       f"{current.i[u]:.3f}·{current.g[u]:+.3f} = {current.c[u]:+.4f};  "
                       f"h = o·tanh(c) = {current.o[u]:.3f}·tanh({current.c[u]:+.3f}) = {current.h[u]:+.4f}")
     else:
-        u = int(np.argmax(np.abs(current.h)))
         detail.append(f"unit {u}: x·W {current.x_part[u]:+.3f} + h_prev·U {current.h_part[u]:+.3f} + bias "
                       f"{current.bias[u]:+.3f} = {current.pre_activation[u]:+.4f} → tanh → {current.h[u]:+.4f}")
-    legend = Text("units (down) × tokens (across); dark = not yet read; red? = out of vocabulary", style="dim")
+    legend = Text(f"units (down) × tokens {start}–{start + span - 1} (across); dark = not yet read; "
+                  "red? = out of vocabulary", style="dim")
     return Group(header, status, detail, legend, maps)
 
 

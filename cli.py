@@ -68,6 +68,12 @@ def cmd_experiments(args: argparse.Namespace) -> int:
               "(or a family: cnn, rnn, lstm)", file=sys.stderr)
         return 2
     out = Path(args.out or ("runs/experiments-quick" if args.quick else "reports"))
+    if args.report_only:
+        from models.experiments import load_results, write_report
+
+        path = write_report(out, load_results(out / "experiments.json"), load_results(out / "baselines.json"))
+        print(f"report rewritten from {out / 'experiments.json'}: {path}")
+        return 0
     log = open(args.log, "a", encoding="utf-8") if args.log else None
     try:
         results = run_experiments(out, only=args.only, quick=args.quick, data_dir=args.data, log=log,
@@ -295,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--data", help="data directory")
     exp.add_argument("--log", help="append progress lines to this file")
     exp.add_argument("--no-progress", action="store_true")
+    exp.add_argument("--report-only", action="store_true", help="rewrite the report from the saved results")
     exp.set_defaults(func=cmd_experiments)
 
     tr = sub.add_parser("trace", help="record a forward pass to a trace file (JSON lines + .npz)")

@@ -41,6 +41,9 @@ def test_quick_grid_end_to_end_and_resumable(tmp_path, data_dir, monkeypatch):
         assert (out / "figures" / f"{group}.png").stat().st_size > 1000
         assert f"## {group}" in report and f"figures/{group}.png" in report
     assert "Quick run" in report and "TF-IDF" in report
+    (out / "experiments.md").unlink()
+    assert cli.main(["experiments", "--report-only", "--out", str(out)]) == 0
+    assert (out / "experiments.md").read_text() == report  # rebuilt from the saved results alone
 
 
 def test_unknown_group_is_refused(capsys):

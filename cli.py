@@ -85,8 +85,9 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
-def model_input(args: argparse.Namespace, scratch) -> tuple[object, str]:
-    """The input for a command: an image file, a test image, a sentence, or the default."""
+def model_input(args: argparse.Namespace, scratch) -> tuple[object, str, str]:
+    """The input for a command (an image file, a test image, a sentence, or the default), its
+    description, and a note such as "resized from 640×480 to 32×32"."""
     from models.inputs import check_text, cifar_test_image, default_image, fit_to, load_image
 
     if scratch.takes_text or getattr(args, "text", None):
@@ -94,7 +95,7 @@ def model_input(args: argparse.Namespace, scratch) -> tuple[object, str]:
             raise InputShapeError(scratch.layers[0].name, type(scratch.layers[0]).__name__, "an image",
                                   "--text (this is an image model)")
         text = check_text(args.text if args.text is not None else "Makanannya enak sekali, pelayanannya ramah!")
-        return [text], f'"{text}"'
+        return [text], f'"{text}"', ""
     shape = scratch.input_info.get("shape") or [None, 32, 32, 3]
     size = (shape[2] or 32, shape[1] or 32)
     if getattr(args, "image", None):
@@ -103,7 +104,7 @@ def model_input(args: argparse.Namespace, scratch) -> tuple[object, str]:
         img = fit_to(cifar_test_image(args.index, getattr(args, "data", None)), size)
     else:
         img = fit_to(default_image(getattr(args, "data", None)), size)
-    return img.pixels, img.description + (f" ({img.note})" if img.note else "")
+    return img.pixels, img.description + (f" ({img.note})" if img.note else ""), img.note
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
@@ -113,7 +114,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from tracer.io import save_trace
 
     scratch = load_scratch(resolve_model(args.model))
-    x, described = model_input(args, scratch)
+    x, described, _ = model_input(args, scratch)
     t = trace(scratch, x)
     path = save_trace(t, args.output, layers=args.layer, everything=args.all, overwrite=args.overwrite)
     print(f"traced {scratch.name} on {described}: {len(t.layers)} layers → {path} (+ {path.name}.npz)")
@@ -136,7 +137,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     scratch = load_scratch(path)
-    x, described = model_input(args, scratch)
+    x, described, _ = model_input(args, scratch)
     rows = compare(scratch, load_keras(keras_path), x)
     table = Table(title=f"{scratch.name} on {described}: scratch vs Keras (rtol {RTOL:g}, atol {ATOL:g})")
     for col in ("layer", "class", "output shape", "max |Δ|", ""):
@@ -158,16 +159,15 @@ def open_session(args: argparse.Namespace):
     spec = getattr(args, "model", None) or getattr(args, "kind", None) or "cnn"
     path = resolve_model(spec)
     scratch = load_scratch(path)
-    expected = {"cnn": not scratch.takes_text, "rnn": scratch.takes_text, "lstm": scratch.takes_text}
-    if getattr(args, "kind", None) and not expected[args.kind]:
+    kind = getattr(args, "kind", None)
+    if kind and (kind != "cnn") != scratch.takes_text:
         raise InputShapeError(scratch.layers[0].name, type(scratch.layers[0]).__name__,
-                              "an image" if scratch.takes_text is False else "text",
-                              f"the '{args.kind}' view (pick the matching command)")
-    x, described = model_input(args, scratch)
+                              "text" if scratch.takes_text else "an image",
+                              f"the '{kind}' view (pick the matching command)")
+    x, described, note = model_input(args, scratch)
     t = trace(scratch, x)
     t.context["model_input"] = x
-    note = "image " + described.split(" (")[-1].rstrip(")") if "resized" in described else ""
-    return Session(t, described, keras_path_for(path), note), scratch
+    return Session(t, described, keras_path_for(path), f"image {note}" if note else ""), scratch
 
 
 def cmd_view(args: argparse.Namespace) -> int:

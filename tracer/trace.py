@@ -35,9 +35,6 @@ class Trace:
                 return e.output
         raise KeyError(f"no layer named '{layer}' in this trace; layers: {', '.join(n for n, _ in self.layers)}")
 
-    def layer_class(self, layer: str) -> str:
-        return dict(self.layers)[layer]
-
     def has_steps(self, layer: str) -> bool:
         return layer in self.recorded_steps or (self.model is not None and layer in self.inputs)
 

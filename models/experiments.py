@@ -81,6 +81,13 @@ def run_experiments(out: Path, only: list[str] | None = None, quick: bool = Fals
     todo = [v for v in grid() if (not only or v.group in only or v.kind in only) and v.key not in done]
     data = {}
     for i, variant in enumerate(todo, 1):
+        same = same_settings(results, variant, quick)
+        if same is not None:  # e.g. "kernel 3×3" is the base CNN that "max pooling" already trained
+            say(f"[{i}/{len(todo)}] {variant.key}: same settings as {same['key']}, result reused")
+            results.append({**same, "key": variant.key, "group": variant.group, "label": variant.label,
+                            "same_run_as": same.get("same_run_as", same["key"])})
+            save_results(results_path, results)
+            continue
         family = "cnn" if variant.kind == "cnn" else "text"
         if family not in data:
             data[family] = load_cifar10(data_dir) if family == "cnn" else load_nusax(data_dir)
@@ -108,6 +115,17 @@ def run_experiments(out: Path, only: list[str] | None = None, quick: bool = Fals
             save_results(baselines_path, tfidf_baselines(nusax))
     write_report(out, results, load_results(out / "baselines.json"))
     return results
+
+
+def settings_key(kind: str, settings: dict) -> str:
+    return kind + json.dumps(settings, sort_keys=True)
+
+
+def same_settings(results: list[dict], variant: Variant, quick: bool) -> dict | None:
+    """A finished record trained with exactly this variant's settings (groups share their base model)."""
+    key = settings_key(variant.kind, json.loads(json.dumps(variant.settings.to_dict())))
+    return next((r for r in results if r.get("quick") == quick and settings_key(r["kind"], r["settings"]) == key),
+                None)
 
 
 def tfidf_baselines(data) -> list[dict]:
@@ -163,7 +181,9 @@ def write_report(out: Path, results: list[dict], baselines: list[dict]) -> Path:
              "Every variant is trained with Keras (Adam, sparse categorical cross-entropy, early stopping on "
              "validation loss) and evaluated on the full test set twice: with Keras and with nntrace's scratch "
              "forward pass. `agreement` is the share of test samples where both predict the same class; "
-             "`max |Δp|` the largest probability difference over all samples and classes.", ""]
+             "`max |Δp|` the largest probability difference over all samples and classes. Each group changes one "
+             "setting of its family's base model; the variant equal to the base is trained once and its row "
+             "shared between groups (marked *same run as*).", ""]
     if any(r.get("quick") for r in results):
         lines += ["> **Quick run**: small subsets and 2 epochs — a pipeline check, not a result.", ""]
     for group in [g for g in GROUPS if any(r["group"] == g for r in results)]:
@@ -172,7 +192,8 @@ def write_report(out: Path, results: list[dict], baselines: list[dict]) -> Path:
         lines += [f"## {group}", "", "| variant | Keras macro-F1 | scratch macro-F1 | agreement | max \\|Δp\\| | "
                   "val macro-F1 | epochs |", "|---|---|---|---|---|---|---|"]
         for r in rows:
-            lines.append(f"| {r['label']} | {r['keras_f1']:.4f} | {r['scratch_f1']:.4f} | {r['agreement']:.2f}% | "
+            label = r["label"] + (f" (same run as *{r['same_run_as']}*)" if r.get("same_run_as") else "")
+            lines.append(f"| {label} | {r['keras_f1']:.4f} | {r['scratch_f1']:.4f} | {r['agreement']:.2f}% | "
                          f"{r['max_prob_diff']:.1e} | {r['val_keras_f1']:.4f} | {r['epochs_run']} |")
         best = max(rows, key=lambda r: r["val_keras_f1"])
         spread = max(r["keras_f1"] for r in rows) - min(r["keras_f1"] for r in rows)

@@ -29,9 +29,16 @@ def test_quick_grid_end_to_end_and_resumable(tmp_path, data_dir, monkeypatch):
     monkeypatch.setattr(models.train, "fit", lambda *a, **k: calls.append(a[4]) or real_fit(*a, **k))
     assert cli.main(args) == 0  # the rest of the grid; finished variants are skipped
     results = json.loads((out / "experiments.json").read_text())
-    assert len(calls) == len(experiments.grid()) - 4
+    distinct = {experiments.settings_key(v.kind, json.loads(json.dumps(v.settings.to_dict())))
+                for v in experiments.grid()}
+    assert len(calls) == len(distinct) - 4  # each family's base model is trained once, not once per group
     assert {r["group"] for r in results} == set(experiments.GROUPS)
     assert results[:4] == first
+    by_key = {r["key"]: r for r in results}
+    shared = by_key["cnn_kernel_size/kernel 3×3"]
+    assert shared["same_run_as"] == "cnn_pooling/max pooling"
+    assert shared["keras_f1"] == by_key["cnn_pooling/max pooling"]["keras_f1"]
+    assert "kernel 3×3 (same run as *cnn_pooling/max pooling*)" in (out / "experiments.md").read_text()
     for r in results:
         assert set(r) >= {"group", "settings", "keras_f1", "scratch_f1", "agreement", "max_prob_diff"}
         assert r["agreement"] == 100.0 and r["max_prob_diff"] <= 1e-5

@@ -35,7 +35,10 @@ class TextSettings:
     dropout: float = 0.5
     learning_rate: float = 2e-3
     embedding_dropout: float = 0.0  # SpatialDropout1D after the embedding (identity at inference)
-    embedding_init: str = "random"  # random | lsa (word vectors from an SVD of the training texts)
+    #: random | lsa (word vectors from an SVD of the training texts) | lsa_subword (the same SVD with
+    #: each word's character 3–5-grams as extra columns, so words sharing a stem or affix start close)
+    embedding_init: str = "random"
+    split: str = "whitespace"  # whitespace (word tokens) | character
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,7 +78,7 @@ def build_text_model(s: TextSettings, train_texts, num_classes: int = 3, seed: i
 
     keras.utils.set_random_seed(seed)
     vectorizer = L.TextVectorization(max_tokens=s.max_tokens, output_sequence_length=s.sequence_length,
-                                     name="text_vectorization")
+                                     split=s.split, name="text_vectorization")
     vectorizer.adapt(np.asarray(train_texts))
     vocabulary = vectorizer.get_vocabulary()
     rnn = {"lstm": L.LSTM, "simple_rnn": L.SimpleRNN}[s.cell]
@@ -83,8 +86,9 @@ def build_text_model(s: TextSettings, train_texts, num_classes: int = 3, seed: i
     x = vectorizer(inputs)
     embedding = L.Embedding(len(vocabulary), s.embedding_dim, mask_zero=True, name="embedding")
     x = embedding(x)
-    if s.embedding_init == "lsa":  # set as weights, not as an initializer, so the config stays small
-        embedding.set_weights([lsa_vectors(np.asarray(train_texts), vectorizer, s.embedding_dim)])
+    if s.embedding_init.startswith("lsa"):  # set as weights, not as an initializer: the config stays small
+        embedding.set_weights([lsa_vectors(np.asarray(train_texts), vectorizer, s.embedding_dim,
+                                           subword=s.embedding_init == "lsa_subword")])
     if s.embedding_dropout:
         x = L.SpatialDropout1D(s.embedding_dropout, name="embedding_dropout")(x)
     for i in range(s.rnn_layers):
@@ -98,11 +102,13 @@ def build_text_model(s: TextSettings, train_texts, num_classes: int = 3, seed: i
     return keras.Model(inputs, outputs, name=f"nusax_{s.cell}")
 
 
-def lsa_vectors(texts, vectorizer, dim: int):
+def lsa_vectors(texts, vectorizer, dim: int, subword: bool = False):
     """Word vectors from the training texts alone: a truncated SVD of the TF-IDF word × sentence
-    matrix, scaled like Keras's uniform initializer. Rows follow the vectorizer's vocabulary."""
+    matrix (with `subword`, plus word × character 3–5-gram columns), scaled like Keras's uniform
+    initializer. Rows follow the vectorizer's vocabulary."""
     import numpy as np
     from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
     ids = np.asarray(vectorizer(texts))
     vocab_size = len(vectorizer.get_vocabulary())
@@ -112,6 +118,13 @@ def lsa_vectors(texts, vectorizer, dim: int):
             counts[token, doc] += 1
     df = (counts > 0).sum(axis=1, keepdims=True)
     tfidf = np.log1p(counts) * np.log((1 + len(texts)) / (1 + df))
+    if subword:
+        words = [str(w) for w in vectorizer.get_vocabulary()]
+        words[:2] = ["", ""]  # padding and [UNK] have no spelling
+        grams = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True).fit_transform(words)
+        grams = grams.toarray().astype(np.float32)
+        grams *= np.linalg.norm(tfidf, axis=1, keepdims=True).mean() / max(np.linalg.norm(grams, axis=1).mean(), 1e-6)
+        tfidf = np.concatenate([tfidf, grams], axis=1)
     k = min(dim, min(tfidf.shape) - 1)
     vectors = TruncatedSVD(k, random_state=0).fit_transform(tfidf)
     out = np.random.default_rng(0).uniform(-0.05, 0.05, (vocab_size, dim)).astype(np.float32)

@@ -39,6 +39,7 @@ class TextSettings:
     #: each word's character 3–5-grams as extra columns, so words sharing a stem or affix start close)
     embedding_init: str = "random"
     split: str = "whitespace"  # whitespace (word tokens) | character
+    train_embedding: bool = True  # False keeps the initial (e.g. SVD) word vectors fixed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,7 +85,8 @@ def build_text_model(s: TextSettings, train_texts, num_classes: int = 3, seed: i
     rnn = {"lstm": L.LSTM, "simple_rnn": L.SimpleRNN}[s.cell]
     inputs = keras.Input(shape=(1,), dtype="string", name="text")
     x = vectorizer(inputs)
-    embedding = L.Embedding(len(vocabulary), s.embedding_dim, mask_zero=True, name="embedding")
+    embedding = L.Embedding(len(vocabulary), s.embedding_dim, mask_zero=True, trainable=s.train_embedding,
+                            name="embedding")
     x = embedding(x)
     if s.embedding_init.startswith("lsa"):  # set as weights, not as an initializer: the config stays small
         embedding.set_weights([lsa_vectors(np.asarray(train_texts), vectorizer, s.embedding_dim,

@@ -1,4 +1,6 @@
 """Random recurrent stacks with post-padded, masked sequences; scratch must match Keras per layer."""
+from dataclasses import dataclass, field
+
 import keras
 import numpy as np
 import pytest
@@ -11,30 +13,44 @@ from tests.parity import assert_parity, randomise_weights
 VOCAB = 20
 
 
+@dataclass
+class RecurrentStack:
+    """A functional model as data (so hypothesis reports a failing example readably), built in the test."""
+
+    seq_len: int
+    embedding_dim: int
+    layers: list = field(default_factory=list)  # (class name, kwargs, bidirectional merge mode or None, dropout)
+
+    def build(self) -> keras.Model:
+        inputs = keras.Input((self.seq_len,), dtype="int32")
+        x = keras.layers.Embedding(VOCAB, self.embedding_dim, mask_zero=True)(inputs)
+        for name, kwargs, merge_mode, dropout in self.layers:
+            layer = getattr(keras.layers, name)(**kwargs)
+            x = (keras.layers.Bidirectional(layer, merge_mode=merge_mode) if merge_mode else layer)(x)
+            if dropout:
+                x = keras.layers.Dropout(0.3)(x)
+        return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+
 @st.composite
 def recurrent_stacks(draw):
-    seq_len = draw(st.integers(1, 8))
-    inputs = keras.Input((seq_len,), dtype="int32")
-    x = keras.layers.Embedding(VOCAB, draw(st.integers(1, 5)), mask_zero=True)(inputs)
+    stack = RecurrentStack(draw(st.integers(1, 8)), draw(st.integers(1, 5)))
     depth = draw(st.integers(1, 3))
     for i in range(depth):
         last = i == depth - 1
-        cls = draw(st.sampled_from([keras.layers.SimpleRNN, keras.layers.LSTM]))
+        name = draw(st.sampled_from(["SimpleRNN", "LSTM"]))
         kwargs = {"units": draw(st.integers(1, 6)), "return_sequences": (not last) or draw(st.booleans())}
-        if cls is keras.layers.SimpleRNN:
+        if name == "SimpleRNN":
             kwargs["activation"] = draw(st.sampled_from(["tanh", "relu"]))
         else:
             kwargs["recurrent_activation"] = draw(st.sampled_from(["sigmoid", "hard_sigmoid"]))
+        merge_mode = None
         if draw(st.booleans()):
-            layer = keras.layers.Bidirectional(cls(**kwargs),
-                                               merge_mode=draw(st.sampled_from(["concat", "sum", "mul", "ave"])))
+            merge_mode = draw(st.sampled_from(["concat", "sum", "mul", "ave"]))
         else:
-            layer = cls(go_backwards=draw(st.booleans()), **kwargs)
-        x = layer(x)
-        if draw(st.booleans()):
-            x = keras.layers.Dropout(0.3)(x)
-    outputs = keras.layers.Dense(3, activation="softmax")(x)
-    return keras.Model(inputs, outputs)
+            kwargs["go_backwards"] = draw(st.booleans())
+        stack.layers.append((name, kwargs, merge_mode, draw(st.booleans())))
+    return stack
 
 
 def post_padded(rng, batch: int, seq_len: int) -> np.ndarray:
@@ -46,7 +62,8 @@ def post_padded(rng, batch: int, seq_len: int) -> np.ndarray:
 
 
 @given(recurrent_stacks(), st.integers(0, 2**16), st.integers(1, 5))
-def test_random_recurrent_stacks_match_keras_layer_by_layer(model, seed, batch):
+def test_random_recurrent_stacks_match_keras_layer_by_layer(stack, seed, batch):
+    model = stack.build()
     randomise_weights(model, seed)
     x = post_padded(np.random.default_rng(seed), batch, model.input_shape[1])
     assert_parity(model, x)

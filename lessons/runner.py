@@ -223,10 +223,18 @@ def options_for(question: Question, trace, report: list[dict] | None = None) -> 
     return question.options
 
 
-def check_answer(given: str, expected: float | str, tolerance: float) -> bool:
+def normalise(text: str) -> str:
+    """Lower case, single spaces, and `x` for `×` (what a keyboard types for "kernel 3×3")."""
+    return " ".join(text.replace("×", "x").lower().split())
+
+
+def check_answer(given: str, expected: float | str, tolerance: float, options: list[str] | None = None) -> bool:
+    """Numbers within `tolerance` (relative above 1); text as typed or, with options, by its number."""
     given = given.strip()
     if isinstance(expected, str):
-        return given.lower() == expected.lower()
+        if options and given.isdigit() and 1 <= int(given) <= len(options):
+            given = options[int(given) - 1]
+        return normalise(given) == normalise(expected)
     try:
         value = float(given)
     except ValueError:
@@ -345,7 +353,7 @@ class LessonSession:
         if q is None or self.answered:
             return Feedback(True, "")
         expected = self.expected()
-        if check_answer(given, expected, q.tolerance):
+        if check_answer(given, expected, q.tolerance, self.options()):
             self.answered = True
             return Feedback(True, f"Correct: {format_answer(expected)}.")
         self.tries += 1

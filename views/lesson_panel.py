@@ -24,7 +24,8 @@ class LessonPanel(Vertical):
         if prompt:
             body += f"\n\n**Question:** {prompt}"
             if options:
-                body += "  \nOptions: " + ", ".join(f"`{o}`" for o in options)
+                body += "  \nOptions (type one, or its number): " + ", ".join(
+                    f"{i} `{o}`" for i, o in enumerate(options, 1))
         self.query_one("#lesson-text", Markdown).update(body)
         self.query_one("#feedback", Static).update("")
         self.query_one("#answer", Input).value = ""

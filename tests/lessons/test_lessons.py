@@ -5,8 +5,8 @@ import dataclasses
 import pytest
 
 import cli
-from lessons.runner import (LessonError, LessonSession, Progress, format_answer, load_lessons, parse_lesson,
-                            validate)
+from lessons.runner import (LessonError, LessonSession, Progress, check_answer, format_answer, load_lessons,
+                            parse_lesson, validate)
 from tui import NNTraceApp
 
 LESSONS = load_lessons()
@@ -45,7 +45,8 @@ def test_shipped_lesson_plays_through_answering_right(lesson):
                     if play.event is not None:  # what the app shows is the step the question reads
                         assert app.current_event().label == play.event.label
                 if step.question:
-                    await pilot.press(*format_answer(play.expected()), "enter")
+                    typed = format_answer(play.expected()).replace("×", "x")  # as a keyboard types it
+                    await pilot.press(*typed, "enter")
                     assert play.answered and play.tries == 0
                 await pilot.press("enter")
             assert play.finished
@@ -103,3 +104,13 @@ def test_lessons_command_lists_progress(capsys):
     out = capsys.readouterr().out
     assert "One patch, one dot product" in out and "Bidirectional" in out
     assert cli.main(["lesson", "99"]) == 2
+
+
+def test_choices_are_taken_typed_or_by_number():
+    options = ["kernel 3×3", "kernel 5×5", "kernel 7×7"]
+    assert check_answer("Kernel  3x3", "kernel 3×3", 0.0, options)
+    assert check_answer("1", "kernel 3×3", 0.0, options)
+    assert not check_answer("2", "kernel 3×3", 0.0, options)
+    assert not check_answer("4", "kernel 3×3", 0.0, options)  # no fourth option: read as text, which is wrong
+    assert not check_answer("kernel 5x5", "kernel 3×3", 0.0, options)
+    assert check_answer("0.25", 0.2501, 1e-3) and not check_answer("0.3", 0.2501, 1e-3)

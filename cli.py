@@ -50,6 +50,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = fit(args.kind, settings_for(args.kind), data, out, name, epochs, args.batch_size or batch,
                      seed=seed if args.seed is None else args.seed, log=log, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/yellow]: the finished epochs are kept in {out / (name + '-backup')}; "
+                      "run the same command again to resume")
+        return 130
     finally:
         if log:
             log.close()
@@ -78,6 +82,10 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     try:
         results = run_experiments(out, only=args.only, quick=args.quick, data_dir=args.data, log=log,
                                   progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished variants are kept in {out / 'experiments.json'} (the one in progress in its "
+              "backup directory); run the same command again to continue", file=sys.stderr)
+        return 130
     finally:
         if log:
             log.close()

@@ -1,0 +1,73 @@
+"""`nntrace train`: what it saves, that it refuses to overwrite, and that an interrupted run resumes."""
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import cli
+from models.callbacks import TrainingProgress
+from models.train import keras_input
+from tests.datasets import make_cifar_zip, make_nusax
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNTRACE_CACHE", str(tmp_path / "cache"))
+    make_nusax(tmp_path / "data")
+    return make_cifar_zip(tmp_path / "data", per_class=(4, 2))
+
+
+def test_interrupted_training_resumes_and_saves_everything(tmp_path, data_dir, monkeypatch, capsys):
+    out, log = tmp_path / "models", tmp_path / "train.log"
+    args = ["train", "lstm", "--quick", "--epochs", "4", "--data", str(data_dir), "--out", str(out),
+            "--no-progress", "--log", str(log)]
+    real_epoch_end = TrainingProgress.on_epoch_end
+
+    def stop_after_two(self, epoch, logs=None):
+        real_epoch_end(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C during epoch 3
+
+    monkeypatch.setattr(TrainingProgress, "on_epoch_end", stop_after_two)
+    assert cli.main(args) == 130
+    assert "run the same command again to resume" in capsys.readouterr().out
+    assert not (out / "lstm.keras").exists() and (out / "lstm-backup").is_dir()
+
+    monkeypatch.setattr(TrainingProgress, "on_epoch_end", real_epoch_end)
+    assert cli.main(args) == 0
+    lines = log.read_text().splitlines()
+    assert any(line.endswith("lstm: resuming after epoch 2") for line in lines)
+    epochs_logged = [line.split("epoch ")[1].split("/")[0] for line in lines if ": epoch " in line]
+    assert epochs_logged == ["1", "2", "3", "4"]  # the resumed run did epochs 3 and 4 only
+    assert not (out / "lstm-backup").exists()
+
+    history = json.loads((out / "lstm-history.json").read_text())
+    assert len(history["loss"]) == len(history["val_loss"]) == 4
+    card = json.loads((out / "lstm.json").read_text())
+    assert card["labels"] == ["negative", "neutral", "positive"] and card["epochs_run"] == 4
+    assert card["keras_f1"] == card["scratch_f1"] and card["agreement"] == 100.0
+    assert card["keras_version"] == keras.__version__ and card["settings"]["cell"] == "lstm"
+    assert (out / "lstm-loss.png").stat().st_size > 1000 and (out / "lstm.npz").exists()
+
+    model = keras.models.load_model(out / "lstm.keras", safe_mode=True)  # raw strings in, no custom code
+    probs = model.predict(keras_input(np.array(["enak bagus", "buruk kotor"])), verbose=0)
+    assert probs.shape == (2, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+    before = (out / "lstm.keras").read_bytes()
+    assert cli.main(args) == 2  # a finished model is not overwritten without --overwrite
+    assert "exists" in capsys.readouterr().out and (out / "lstm.keras").read_bytes() == before
+
+
+def test_cnn_takes_raw_pixels(tmp_path, data_dir):
+    out = tmp_path / "models"
+    assert cli.main(["train", "cnn", "--quick", "--epochs", "1", "--data", str(data_dir), "--out", str(out),
+                     "--no-progress"]) == 0
+    model = keras.models.load_model(out / "cnn.keras", safe_mode=True)
+    assert model.layers[0].__class__.__name__ == "Rescaling"
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    from models import load_scratch
+
+    np.testing.assert_allclose(load_scratch(out / "cnn.npz").predict_proba(pixels), model.predict(pixels, verbose=0),
+                               atol=1e-5)
+    assert json.loads((out / "cnn.json").read_text())["labels"][0] == "airplane"

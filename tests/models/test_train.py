@@ -59,10 +59,11 @@ def test_interrupted_training_resumes_and_saves_everything(tmp_path, data_dir, m
     assert "exists" in capsys.readouterr().out and (out / "lstm.keras").read_bytes() == before
 
 
-def test_cnn_takes_raw_pixels(tmp_path, data_dir):
+def test_cnn_shows_progress_and_takes_raw_pixels(tmp_path, data_dir, capsys):
     out = tmp_path / "models"
-    assert cli.main(["train", "cnn", "--quick", "--epochs", "1", "--data", str(data_dir), "--out", str(out),
-                     "--no-progress"]) == 0
+    assert cli.main(["train", "cnn", "--quick", "--epochs", "1", "--data", str(data_dir), "--out", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "cnn epochs" in shown and "val_loss" in shown and "batches" in shown and "test macro-F1" in shown
     model = keras.models.load_model(out / "cnn.keras", safe_mode=True)
     assert model.layers[0].__class__.__name__ == "Rescaling"
     pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)

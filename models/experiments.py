@@ -182,8 +182,9 @@ def write_report(out: Path, results: list[dict], baselines: list[dict]) -> Path:
              "validation loss) and evaluated on the full test set twice: with Keras and with nntrace's scratch "
              "forward pass. `agreement` is the share of test samples where both predict the same class; "
              "`max |Δp|` the largest probability difference over all samples and classes. Each group changes one "
-             "setting of its family's base model; the variant equal to the base is trained once and its row "
-             "shared between groups (marked *same run as*).", ""]
+             "setting of its family's base model; rows marked *same run as* reuse the base model's run "
+             "instead of training it again. CNN variants train up to 12 epochs (patience 3, best validation-loss "
+             "weights kept), text variants up to 40 (patience 8, best validation macro-F1 weights kept).", ""]
     if any(r.get("quick") for r in results):
         lines += ["> **Quick run**: small subsets and 2 epochs — a pipeline check, not a result.", ""]
     for group in [g for g in GROUPS if any(r["group"] == g for r in results)]:

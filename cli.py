@@ -31,7 +31,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from models.data import load_cifar10, load_nusax
-    from models.train import fit
+    from models.train import fit, open_log
 
     console = Console()
     name, epochs, batch, seed = TRAIN_DEFAULTS[args.kind]
@@ -46,17 +46,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         data = data.subset(2000 if args.kind == "cnn" else 200, 500 if args.kind == "cnn" else 100)
         epochs = 2
     epochs = args.epochs or epochs
-    log = open(args.log, "a", encoding="utf-8") if args.log else None
     try:
-        result = fit(args.kind, settings_for(args.kind), data, out, name, epochs, args.batch_size or batch,
-                     seed=seed if args.seed is None else args.seed, log=log, progress=not args.no_progress)
+        with open_log(args.log) as log:
+            result = fit(args.kind, settings_for(args.kind), data, out, name, epochs, args.batch_size or batch,
+                         seed=seed if args.seed is None else args.seed, log=log, progress=not args.no_progress)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/yellow]: the finished epochs are kept in {out / (name + '-backup')}; "
                       "run the same command again to resume")
         return 130
-    finally:
-        if log:
-            log.close()
     m = result.metrics
     console.print(f"[bold]{name}[/bold]: test macro-F1 Keras {m['keras_f1']:.4f}, scratch {m['scratch_f1']:.4f}, "
                   f"agreement {m['agreement']:.2f}%, max |Δp| {m['max_prob_diff']:.2e} → {result.keras_path}")
@@ -78,17 +75,16 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         path = write_report(out, load_results(out / "experiments.json"), load_results(out / "baselines.json"))
         print(f"report rewritten from {out / 'experiments.json'}: {path}")
         return 0
-    log = open(args.log, "a", encoding="utf-8") if args.log else None
+    from models.train import open_log
+
     try:
-        results = run_experiments(out, only=args.only, quick=args.quick, data_dir=args.data, log=log,
-                                  progress=not args.no_progress)
+        with open_log(args.log) as log:
+            results = run_experiments(out, only=args.only, quick=args.quick, data_dir=args.data, log=log,
+                                      progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"interrupted: finished variants are kept in {out / 'experiments.json'} (the one in progress in its "
               "backup directory); run the same command again to continue", file=sys.stderr)
         return 130
-    finally:
-        if log:
-            log.close()
     print(f"{len(results)} variants in {out / 'experiments.json'}; report: {out / 'experiments.md'}")
     return 0
 

@@ -89,6 +89,18 @@ class PromptScreen(ModalScreen[str]):
         self.dismiss(None)
 
 
+#: Step views that take (event, trace, Keras output); conv and recurrent steps need more context.
+EVENT_VIEWS = {
+    "pool_window": step_views.pool_view,
+    "dense_neuron": step_views.dense_view,
+    "softmax": step_views.softmax_view,
+    "embedding_lookup": step_views.embedding_view,
+    "bidirectional_merge": step_views.merge_view,
+    "dropout": step_views.dropout_view,
+    "flatten_map": step_views.flatten_view,
+}
+
+
 class NNTraceApp(App):
     TITLE = "nntrace"
     CSS = """
@@ -431,25 +443,12 @@ class NNTraceApp(App):
         kind = event.kind
         if kind == "conv_patch":
             return step_views.conv_view(event, self.trace, self.feature_map_so_far(name, event), keras_out)
-        if kind == "pool_window":
-            return step_views.pool_view(event, self.trace, keras_out)
-        if kind == "dense_neuron":
-            return step_views.dense_view(event, self.trace, keras_out)
-        if kind == "softmax":
-            return step_views.softmax_view(event, self.trace, keras_out)
-        if kind == "embedding_lookup":
-            return step_views.embedding_view(event, self.trace, keras_out)
         if kind in ("lstm_step", "rnn_step"):
             events = self.events_until(name, 10**6)
             width = self.query_one("#main").size.width or 72
             return step_views.recurrent_view(events, self.step, self.trace, width=max(width - 2, 30))
-        if kind == "bidirectional_merge":
-            return step_views.merge_view(event, self.trace, keras_out)
-        if kind == "dropout":
-            return step_views.dropout_view(event, self.trace, keras_out)
-        if kind == "flatten_map":
-            return step_views.flatten_view(event, self.trace, keras_out)
-        return Text(f"{event.label}")
+        view = EVENT_VIEWS.get(kind)
+        return view(event, self.trace, keras_out) if view else Text(f"{event.label}")
 
     def feature_map_so_far(self, name: str, event) -> np.ndarray | None:
         """The current filter's output map with the cells already stepped through (others NaN)."""

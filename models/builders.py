@@ -1,7 +1,7 @@
 """Keras architectures of the reference models and the experiment variants."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 
 @dataclass
@@ -113,7 +113,8 @@ def lsa_vectors(texts, vectorizer, dim: int, subword: bool = False):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     ids = np.asarray(vectorizer(texts))
-    vocab_size = len(vectorizer.get_vocabulary())
+    vocabulary = vectorizer.get_vocabulary()
+    vocab_size = len(vocabulary)
     counts = np.zeros((vocab_size, len(texts)), np.float32)
     for doc, row in enumerate(ids):
         for token in row[row > 1]:  # skip padding and [UNK]
@@ -121,8 +122,7 @@ def lsa_vectors(texts, vectorizer, dim: int, subword: bool = False):
     df = (counts > 0).sum(axis=1, keepdims=True)
     tfidf = np.log1p(counts) * np.log((1 + len(texts)) / (1 + df))
     if subword:
-        words = [str(w) for w in vectorizer.get_vocabulary()]
-        words[:2] = ["", ""]  # padding and [UNK] have no spelling
+        words = ["", ""] + [str(w) for w in vocabulary[2:]]  # padding and [UNK] have no spelling
         grams = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True).fit_transform(words)
         grams = grams.toarray().astype(np.float32)
         grams *= np.linalg.norm(tfidf, axis=1, keepdims=True).mean() / max(np.linalg.norm(grams, axis=1).mean(), 1e-6)

@@ -112,12 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(table(load_results(Path(args.out) / "selection.json")))
         return 0
-    log = open(args.log, "a", encoding="utf-8") if args.log else None
-    try:
+    from models.train import open_log
+
+    with open_log(args.log) as log:
         results = run_round(args.round, Path(args.out), args.data, log)
-    finally:
-        if log:
-            log.close()
     best = best_by_validation([r for r in results if r["round"] == args.round])
     print(f"best by validation: {best['key']} (validation {best['val_f1']:.3f}, test {best['test_f1']:.3f})")
     print(json.dumps(best["settings"]))

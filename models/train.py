@@ -6,11 +6,12 @@ Each run writes into its output directory: `<name>.keras`, `<name>.npz` (scratch
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -26,6 +27,11 @@ class RunResult:
     metrics: dict
     history: dict
     keras_path: Path
+
+
+def open_log(path: str | Path | None) -> contextlib.AbstractContextManager[TextIO | None]:
+    """The log file for background runs, appended to (or None when there is no log)."""
+    return open(path, "a", encoding="utf-8") if path else contextlib.nullcontext()
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -1,18 +1,8 @@
 """`nntrace experiments --quick`: the whole grid on tiny data, resumable, with report and figures."""
 import json
 
-import pytest
-
 import cli
 from models import experiments
-from tests.datasets import make_cifar_zip, make_nusax
-
-
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NNTRACE_CACHE", str(tmp_path / "cache"))
-    make_nusax(tmp_path / "data")
-    return make_cifar_zip(tmp_path / "data", per_class=(4, 2))
 
 
 def test_quick_grid_end_to_end_and_resumable(tmp_path, data_dir, monkeypatch):

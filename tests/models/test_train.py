@@ -3,19 +3,10 @@ import json
 
 import keras
 import numpy as np
-import pytest
 
 import cli
 from models.callbacks import TrainingProgress
 from models.train import keras_input
-from tests.datasets import make_cifar_zip, make_nusax
-
-
-@pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NNTRACE_CACHE", str(tmp_path / "cache"))
-    make_nusax(tmp_path / "data")
-    return make_cifar_zip(tmp_path / "data", per_class=(4, 2))
 
 
 def test_interrupted_training_resumes_and_saves_everything(tmp_path, data_dir, monkeypatch, capsys):

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from layers.errors import InputShapeError, NNTraceError
+from nntrace.layers.errors import InputShapeError, NNTraceError
 
 TRAIN_DEFAULTS = {  # kind → (model name, epochs, batch size, seed); seeds chosen by validation macro-F1
     "cnn": ("cnn", 40, 128, 0),
@@ -16,7 +16,7 @@ TRAIN_DEFAULTS = {  # kind → (model name, epochs, batch size, seed); seeds cho
 
 
 def settings_for(kind: str):
-    from models.builders import CNNSettings, TextSettings
+    from nntrace.models.builders import CNNSettings, TextSettings
 
     if kind == "cnn":
         return CNNSettings()
@@ -30,8 +30,8 @@ def settings_for(kind: str):
 def cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from models.data import load_cifar10, load_nusax
-    from models.train import fit, open_log
+    from nntrace.models.data import load_cifar10, load_nusax
+    from nntrace.models.train import fit, open_log
 
     console = Console()
     name, epochs, batch, seed = TRAIN_DEFAULTS[args.kind]
@@ -61,7 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_experiments(args: argparse.Namespace) -> int:
-    from models.experiments import GROUPS, run_experiments
+    from nntrace.models.experiments import GROUPS, run_experiments
 
     unknown = [g for g in args.only or [] if g not in GROUPS and g not in ("cnn", "rnn", "lstm")]
     if unknown:
@@ -70,12 +70,12 @@ def cmd_experiments(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out or ("runs/experiments-quick" if args.quick else "reports"))
     if args.report_only:
-        from models.experiments import load_results, write_report
+        from nntrace.models.experiments import load_results, write_report
 
         path = write_report(out, load_results(out / "experiments.json"), load_results(out / "baselines.json"))
         print(f"report rewritten from {out / 'experiments.json'}: {path}")
         return 0
-    from models.train import open_log
+    from nntrace.models.train import open_log
 
     try:
         with open_log(args.log) as log:
@@ -92,7 +92,7 @@ def cmd_experiments(args: argparse.Namespace) -> int:
 def model_input(args: argparse.Namespace, scratch) -> tuple[object, str, str]:
     """The input for a command (an image file, a test image, a sentence, or the default), its
     description, and a note such as "resized from 640×480 to 32×32"."""
-    from models.inputs import check_text, cifar_test_image, default_image, fit_to, load_image
+    from nntrace.models.inputs import check_text, cifar_test_image, default_image, fit_to, load_image
 
     if scratch.takes_text or getattr(args, "text", None):
         if not scratch.takes_text:
@@ -112,10 +112,10 @@ def model_input(args: argparse.Namespace, scratch) -> tuple[object, str, str]:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from models import load_scratch
-    from models.inputs import resolve_model
-    from tracer import trace
-    from tracer.io import save_trace
+    from nntrace.models import load_scratch
+    from nntrace.models.inputs import resolve_model
+    from nntrace.tracer import trace
+    from nntrace.tracer.io import save_trace
 
     scratch = load_scratch(resolve_model(args.model))
     x, described, _ = model_input(args, scratch)
@@ -129,10 +129,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from models import load_scratch
-    from models.convert import load_keras
-    from models.inputs import keras_path_for, resolve_model
-    from tracer.compare import ATOL, RTOL, compare
+    from nntrace.models import load_scratch
+    from nntrace.models.convert import load_keras
+    from nntrace.models.inputs import keras_path_for, resolve_model
+    from nntrace.tracer.compare import ATOL, RTOL, compare
 
     path = resolve_model(args.model)
     keras_path = keras_path_for(path)
@@ -155,10 +155,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def open_session(args: argparse.Namespace):
     """Load the scratch model (no TensorFlow), trace the input, and describe where Keras lives."""
-    from models import load_scratch
-    from models.inputs import keras_path_for, resolve_model
-    from tracer import trace
-    from tui import Session
+    from nntrace.models import load_scratch
+    from nntrace.models.inputs import keras_path_for, resolve_model
+    from nntrace.tracer import trace
+    from nntrace.tui import Session
 
     spec = getattr(args, "model", None) or getattr(args, "kind", None) or "cnn"
     path = resolve_model(spec)
@@ -175,7 +175,7 @@ def open_session(args: argparse.Namespace):
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from tui import NNTraceApp
+    from nntrace.tui import NNTraceApp
 
     session, scratch = open_session(args)
     NNTraceApp(session, scratch).run()
@@ -183,8 +183,8 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from tracer.io import load_trace
-    from tui import NNTraceApp, Session
+    from nntrace.tracer.io import load_trace
+    from nntrace.tui import NNTraceApp, Session
 
     t = load_trace(args.file)
     described = t.context.get("text") and f'"{t.context["text"]}"' or f"replay of {args.file}"
@@ -201,7 +201,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     view = [args.view] + (["--model", args.model] if args.model else []) + \
         (["--text", args.text] if args.text else []) + (["--image", args.image] if args.image else []) + \
         (["--index", str(args.index)] if args.index is not None else [])
-    command = shlex.join([sys.executable, str(Path(__file__).resolve()), *view])
+    command = shlex.join([sys.executable, "-m", "nntrace.cli", *view])
     print(f"serving nntrace on http://{args.host}:{args.port} (Ctrl+C to stop)")
     Server(command, host=args.host, port=args.port, title="nntrace").serve()
     return 0
@@ -214,10 +214,10 @@ def lesson_trace(lesson):
     """The shipped model, the lesson's input, its trace and Session (Keras beside it)."""
     import json
 
-    from models import load_scratch
-    from models.inputs import default_image, fit_to, keras_path_for, resolve_model
-    from tracer import trace
-    from tui import Session
+    from nntrace.models import load_scratch
+    from nntrace.models.inputs import default_image, fit_to, keras_path_for, resolve_model
+    from nntrace.tracer import trace
+    from nntrace.tui import Session
 
     path = resolve_model(lesson.model)
     scratch = load_scratch(path)
@@ -237,7 +237,7 @@ def cmd_lessons(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from lessons.runner import Progress, load_lessons
+    from nntrace.lessons.runner import Progress, load_lessons
 
     progress = Progress.load()
     if args.reset:
@@ -254,8 +254,8 @@ def cmd_lessons(args: argparse.Namespace) -> int:
 
 
 def cmd_lesson(args: argparse.Namespace) -> int:
-    from lessons.runner import LessonSession, Progress, load_lessons, validate
-    from tui import NNTraceApp
+    from nntrace.lessons.runner import LessonSession, Progress, load_lessons, validate
+    from nntrace.tui import NNTraceApp
 
     lessons = {l.number: l for l in load_lessons()}
     if args.number not in lessons:

@@ -20,7 +20,7 @@ from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Header, Input, Markdown, Static
 
-from views import step_views
+from nntrace.views import step_views
 
 STEP_KINDS = {"conv_patch", "pool_window", "dense_neuron", "softmax", "embedding_lookup", "rnn_step", "lstm_step",
               "bidirectional_merge", "dropout", "flatten_map"}
@@ -146,7 +146,7 @@ class NNTraceApp(App):
             with VerticalScroll(id="main"):
                 yield Static(id="view")
         if self.lesson is not None:
-            from views.lesson_panel import LessonPanel
+            from nntrace.views.lesson_panel import LessonPanel
 
             yield LessonPanel(id="lesson")
         yield Static(id="status")
@@ -166,7 +166,7 @@ class NNTraceApp(App):
 
     # -- lessons --------------------------------------------------------------------------------
     def show_lesson_step(self) -> None:
-        from views.lesson_panel import LessonPanel
+        from nntrace.views.lesson_panel import LessonPanel
 
         lesson = self.lesson
         step = lesson.step
@@ -184,7 +184,7 @@ class NNTraceApp(App):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if self.lesson is None or event.input.id != "answer":
             return
-        from views.lesson_panel import LessonPanel
+        from nntrace.views.lesson_panel import LessonPanel
 
         panel = self.query_one(LessonPanel)
         if not self.lesson.answered:
@@ -220,9 +220,9 @@ class NNTraceApp(App):
     @work(thread=True, exclusive=True, group="keras")
     def load_keras(self) -> None:
         try:
-            from models.convert import load_keras
-            from models.keras_probe import keras_layer_outputs
-            from tracer.compare import diff_outputs
+            from nntrace.models.convert import load_keras
+            from nntrace.models.keras_probe import keras_layer_outputs
+            from nntrace.tracer.compare import diff_outputs
 
             keras_model = load_keras(self.session.keras_path)
             x = self.trace.context.get("model_input")
@@ -315,7 +315,7 @@ class NNTraceApp(App):
         self.refresh_view()
 
     def action_gallery(self) -> None:
-        from views.gallery import GalleryScreen, gallery_text
+        from nntrace.views.gallery import GalleryScreen, gallery_text
 
         name, cls = self.layer
         out = self.trace.output(name)
@@ -387,7 +387,7 @@ class NNTraceApp(App):
             self.message = "the sentence is empty: type a few words"
             self.refresh_view()
             return
-        from tracer import trace
+        from nntrace.tracer import trace
 
         self.trace = trace(self.model, [text])
         self.trace.context["model_input"] = [text]
@@ -404,7 +404,7 @@ class NNTraceApp(App):
         self.refresh_view()
 
     def action_export(self) -> None:
-        from views.export import export_png
+        from nntrace.views.export import export_png
 
         try:
             path = export_png(self, Path.cwd())

@@ -48,7 +48,7 @@ def compare(name: str, keras_model, x, batch_size: int, repeats: int) -> dict:
     noisy moment on the machine affects both sides of a pair alike."""
     import statistics
 
-    from models import load_scratch
+    from nntrace.models import load_scratch
 
     scratch = load_scratch(keras_model)
     run_keras = lambda: keras_model.predict(x, batch_size=batch_size, verbose=0)  # noqa: E731

@@ -27,13 +27,13 @@ from bench.timing import best_time  # noqa: E402
 
 def scratch_cnn():
     """The shipped CNN if present, else the same architecture with random weights."""
-    from models import load_scratch
-    from models.inputs import PRETRAINED
+    from nntrace.models import load_scratch
+    from nntrace.models.inputs import PRETRAINED
 
     shipped = PRETRAINED / "cnn.npz"
     if shipped.exists():
         return load_scratch(shipped), "shipped cnn.npz"
-    from models.builders import CNNSettings, build_cnn
+    from nntrace.models.builders import CNNSettings, build_cnn
 
     return load_scratch(build_cnn(CNNSettings())), "default CNN architecture, random weights"
 
@@ -45,8 +45,8 @@ def app_step_latency(model, x, presses: int = 30) -> tuple[float, float]:
     (`screen._on_timer_update` is what the pilot itself calls to repaint). The second adds the
     pilot's own synchronisation (it waits until every widget has processed the key event).
     """
-    from tracer import trace
-    from tui import NNTraceApp, Session
+    from nntrace.tracer import trace
+    from nntrace.tui import NNTraceApp, Session
 
     t = trace(model, x)
     app = NNTraceApp(Session(t, "bench image"), model)
@@ -73,7 +73,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from tracer import trace
+    from nntrace.tracer import trace
 
     model, source = scratch_cnn()
     rng = np.random.default_rng(0)

@@ -2,15 +2,15 @@
 
 No TensorFlow import anywhere in this package.
 """
-from layers.base import Layer
-from layers.conv import Conv2D
-from layers.core import Activation, Dense, Dropout, Flatten, Identity, InputLayer, Rescaling, Reshape, Softmax
-from layers.embedding import Embedding, TextVectorization
-from layers.errors import (InputShapeError, ModelStructureError, NNTraceError, UnsupportedLayerError,
+from nntrace.layers.base import Layer
+from nntrace.layers.conv import Conv2D
+from nntrace.layers.core import Activation, Dense, Dropout, Flatten, Identity, InputLayer, Rescaling, Reshape, Softmax
+from nntrace.layers.embedding import Embedding, TextVectorization
+from nntrace.layers.errors import (InputShapeError, ModelStructureError, NNTraceError, UnsupportedLayerError,
                            WeightMismatchError)
-from layers.normalization import BatchNormalization
-from layers.pooling import AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
-from layers.recurrent import LSTM, Bidirectional, SimpleRNN
+from nntrace.layers.normalization import BatchNormalization
+from nntrace.layers.pooling import AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D
+from nntrace.layers.recurrent import LSTM, Bidirectional, SimpleRNN
 
 #: Keras class name → scratch class.
 LAYER_CLASSES: dict[str, type[Layer]] = {

@@ -5,8 +5,8 @@ from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
-from layers import activations
-from layers.errors import InputShapeError, UnsupportedLayerError, WeightMismatchError
+from nntrace.layers import activations
+from nntrace.layers.errors import InputShapeError, UnsupportedLayerError, WeightMismatchError
 
 Shape = tuple  # a weight shape template: ints, or None where any size fits
 
@@ -46,7 +46,7 @@ class Layer:
         return {"name": self.name, **self.config}
 
     def unsupported(self, detail: str) -> None:
-        from layers import SUPPORTED_LAYERS
+        from nntrace.layers import SUPPORTED_LAYERS
 
         raise UnsupportedLayerError(self.name, type(self).__name__, SUPPORTED_LAYERS, detail)
 

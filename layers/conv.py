@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from layers import activations
-from layers.base import Layer, as_float32
+from nntrace.layers import activations
+from nntrace.layers.base import Layer, as_float32
 
 
 def pair(value: int | tuple | list) -> tuple[int, int]:
@@ -148,7 +148,7 @@ class Conv2D(Layer):
 
         `rows`, `cols`, `filters`: iterables of indices (default: all).
         """
-        from tracer.events import ConvPatch
+        from nntrace.tracer.events import ConvPatch
 
         kernel = self.weights["kernel"]
         bias = self.weights.get("bias")

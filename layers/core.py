@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from layers import activations
-from layers.base import Layer, as_float32
-from layers.errors import InputShapeError
+from nntrace.layers import activations
+from nntrace.layers.base import Layer, as_float32
+from nntrace.layers.errors import InputShapeError
 
 
 class Dense(Layer):
@@ -43,7 +43,7 @@ class Dense(Layer):
     def steps(self, x, mask=None, context=None, units=None, top: int = 10):
         """One `DenseNeuron` per unit of sample `x` `(1, in)` (its `top` largest contributions first);
         then, with a softmax activation, one `SoftmaxStep`."""
-        from tracer.events import DenseNeuron
+        from nntrace.tracer.events import DenseNeuron
 
         x1 = as_float32(x).reshape(-1)
         kernel, bias = self.weights["kernel"], self.weights.get("bias")
@@ -73,7 +73,7 @@ class Flatten(Layer):
 
     def steps(self, x, mask=None, context=None):
         """One `FlattenMap`: flat index k comes from input cell `sources[k]` (row-major, channels last)."""
-        from tracer.events import FlattenMap
+        from nntrace.tracer.events import FlattenMap
 
         shape = x.shape[1:]
         yield FlattenMap(self.name, input_shape=tuple(shape),
@@ -150,7 +150,7 @@ class Dropout(Layer):
         self.rng = np.random.default_rng(self.config.get("seed"))
 
     def steps(self, x, mask=None, context=None):
-        from tracer.events import DropoutStep
+        from nntrace.tracer.events import DropoutStep
 
         yield DropoutStep(self.name, rate=float(self.config.get("rate", 0.0)), training=False)
 
@@ -184,7 +184,7 @@ class Identity(Layer):
 
 def softmax_step(layer_name: str, logits: np.ndarray):
     """The softmax of one logit vector `(classes,)`, shown step by step (same maths as `softmax`)."""
-    from tracer.events import SoftmaxStep
+    from nntrace.tracer.events import SoftmaxStep
 
     exps = np.exp(logits - logits.max())
     total = exps.sum()

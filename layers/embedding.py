@@ -5,8 +5,8 @@ import re
 
 import numpy as np
 
-from layers.base import Layer
-from layers.errors import InputShapeError
+from nntrace.layers.base import Layer
+from nntrace.layers.errors import InputShapeError
 
 #: TextVectorization's punctuation class (Keras's `lower_and_strip_punctuation` regex).
 PUNCTUATION = re.compile(r'[!"#$%&()\*\+,-\./:;<=>?@\[\\\]^_`{|}~\']')
@@ -131,7 +131,7 @@ class Embedding(Layer):
 
         `context` may carry `tokens` (text per position) and `oov_id` from a TextVectorization.
         """
-        from tracer.events import EmbeddingLookup
+        from nntrace.tracer.events import EmbeddingLookup
 
         context = context or {}
         tokens, oov_id = context.get("tokens"), context.get("oov_id")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from layers.base import Layer, as_float32
+from nntrace.layers.base import Layer, as_float32
 
 
 class BatchNormalization(Layer):

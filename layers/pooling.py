@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from layers.base import Layer, as_float32
-from layers.conv import output_geometry, pair
+from nntrace.layers.base import Layer, as_float32
+from nntrace.layers.conv import output_geometry, pair
 
 
 class Pooling2D(Layer):
@@ -67,7 +67,7 @@ class Pooling2D(Layer):
 
     def steps(self, x, mask=None, context=None, rows=None, cols=None, channels=None):
         """One `PoolWindow` per (channel, row, col) of sample `x` `(1, h, w, c)`; padding shows as nan."""
-        from tracer.events import PoolWindow
+        from nntrace.tracer.events import PoolWindow
 
         x = as_float32(x)
         (t, _), (l, _), oh, ow = output_geometry(x.shape[1], x.shape[2], self.pool_size, self.strides,

@@ -10,8 +10,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from layers.base import Layer, as_float32
-from layers.errors import InputShapeError
+from nntrace.layers.base import Layer, as_float32
+from nntrace.layers.errors import InputShapeError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ class Recurrent(Layer):
     def steps(self, x, mask=None, context=None, times=None, direction: str = "forward"):
         """One `RNNStep`/`LSTMStep` per time step of sample `x` `(1, timesteps, features)`, in
         processing order; `times` keeps only those input-order indices."""
-        from tracer.events import LSTMStep, RNNStep
+        from nntrace.tracer.events import LSTMStep, RNNStep
 
         self.check_input(x, mask)
         x = as_float32(x)
@@ -265,8 +265,8 @@ class Bidirectional(Layer):
         def inner(spec: dict, go_backwards: bool | None) -> Recurrent:
             class_name = spec["class_name"]
             if class_name not in RECURRENT_LAYERS:
-                from layers import SUPPORTED_LAYERS
-                from layers.errors import UnsupportedLayerError
+                from nntrace.layers import SUPPORTED_LAYERS
+                from nntrace.layers.errors import UnsupportedLayerError
                 raise UnsupportedLayerError(config.get("name", "bidirectional"), f"Bidirectional({class_name})",
                                             SUPPORTED_LAYERS, f"wraps {class_name}, only SimpleRNN and LSTM are supported")
             inner_cfg = dict(spec["config"])
@@ -331,7 +331,7 @@ class Bidirectional(Layer):
 
     def steps(self, x, mask=None, context=None, times=None):
         """The forward sweep's steps, the backward sweep's steps, then one `BidirectionalMerge`."""
-        from tracer.events import BidirectionalMerge
+        from nntrace.tracer.events import BidirectionalMerge
 
         for step in self.forward_layer.steps(x, mask, times=times, direction="forward"):
             yield replace(step, layer=self.name)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from layers.errors import NNTraceError
+from nntrace.layers.errors import NNTraceError
 
 LESSON_DIR = Path(__file__).resolve().parent
 MAX_TRIES = 3

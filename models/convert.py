@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from layers import LAYER_CLASSES, SUPPORTED_LAYERS, Layer, ModelStructureError, UnsupportedLayerError
+from nntrace.layers import LAYER_CLASSES, SUPPORTED_LAYERS, Layer, ModelStructureError, UnsupportedLayerError
 
 #: Keras layers that only exist in training or only reshape metadata, mapped to identity.
 IDENTITY_LAYERS = {"InputLayer"}

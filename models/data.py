@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from layers.errors import NNTraceError
+from nntrace.layers.errors import NNTraceError
 
 CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 NUSAX_LABELS = ["negative", "neutral", "positive"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, TextIO
 
-from models.builders import CNNSettings, TextSettings
+from nntrace.models.builders import CNNSettings, TextSettings
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,8 @@ def run_experiments(out: Path, only: list[str] | None = None, quick: bool = Fals
                     log: TextIO | None = None, progress: bool = True,
                     say: Callable[[str], None] = print) -> list[dict]:
     """Train every variant not yet in `<out>/experiments.json`; returns all records."""
-    from models.data import load_cifar10, load_nusax
-    from models.train import fit
+    from nntrace.models.data import load_cifar10, load_nusax
+    from nntrace.models.train import fit
 
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "experiments.json"
@@ -135,7 +135,7 @@ def tfidf_baselines(data) -> list[dict]:
     from sklearn.pipeline import make_pipeline
     from sklearn.svm import LinearSVC
 
-    from models.train import macro_f1
+    from nntrace.models.train import macro_f1
 
     rows = []
     for features, vec in (("word 1–2-grams", lambda: TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from layers.errors import NNTraceError
+from nntrace.layers.errors import NNTraceError
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
 SHIPPED = {"cnn": "cnn", "rnn": "simple_rnn", "simple_rnn": "simple_rnn", "lstm": "lstm"}
@@ -73,7 +73,7 @@ def load_image(path: str | Path, size: tuple[int, int] = (32, 32)) -> ImageInput
 
 
 def cifar_test_image(index: int, data_dir=None) -> ImageInput:
-    from models.data import load_cifar10
+    from nntrace.models.data import load_cifar10
 
     data = load_cifar10(data_dir)
     if not 0 <= index < len(data.y_test):
@@ -84,7 +84,7 @@ def cifar_test_image(index: int, data_dir=None) -> ImageInput:
 
 def default_image(data_dir=None) -> ImageInput:
     """A CIFAR-10 test image when a copy is found, else the photo that ships with matplotlib."""
-    from models.data import DataNotFoundError, find_cifar_zip
+    from nntrace.models.data import DataNotFoundError, find_cifar_zip
 
     if find_cifar_zip(data_dir) is not None:
         try:

@@ -13,8 +13,8 @@ def keras_layer_outputs(model, x: Any) -> dict[str, Any]:
     """
     import keras
 
-    from models.convert import keras_chain
-    from models.train import keras_input
+    from nntrace.models.convert import keras_chain
+    from nntrace.models.train import keras_input
 
     chain = keras_chain(model)
     probe = keras.Model(model.inputs[0], [layer.output for layer in chain])

@@ -7,9 +7,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from layers import (InputShapeError, Layer, ModelStructureError, TextVectorization, WeightMismatchError)
-from models.convert import build_layer
-from tracer.recorder import NULL_TRACER
+from nntrace.layers import (InputShapeError, Layer, ModelStructureError, TextVectorization, WeightMismatchError)
+from nntrace.models.convert import build_layer
+from nntrace.tracer.recorder import NULL_TRACER
 
 FORMAT = "nntrace-scratch"
 FORMAT_VERSION = 1
@@ -265,7 +265,7 @@ def read_keras(model_or_path: Any) -> tuple[list[Layer], dict, str, dict]:
     """(scratch layers, input description, name, meta) from a `keras.Model` or `.keras` path."""
     import keras
 
-    from models.convert import convert, load_keras
+    from nntrace.models.convert import convert, load_keras
 
     model = load_keras(model_or_path)
     layers, input_info = convert(model)

@@ -3,7 +3,7 @@
 Run one round in the background with progress in a log; finished candidates are saved to
 `<out>/selection.json` as they come, so a restart skips them:
 
-    python -m models.text_selection --round 6 --log runs/selection.log
+    python -m nntrace.models.text_selection --round 6 --log runs/selection.log
 
 The test macro-F1 is recorded to report it, never to choose: `best_by_validation()` looks at
 `val_f1` only. Rounds 1–5 (word vocabularies) are tabled in `reports/text-model-selection.md`.
@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from models.builders import TextSettings
+from nntrace.models.builders import TextSettings
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,9 @@ ROUNDS: dict[int, list[Candidate]] = {
 def run_round(number: int, out: Path, data_dir=None, log=None, epochs: int = 60, batch_size: int = 32,
               say=print) -> list[dict]:
     """Train every candidate of round `number` not yet in `<out>/selection.json`; returns all records."""
-    from models.data import load_nusax
-    from models.experiments import load_results, save_results
-    from models.train import fit
+    from nntrace.models.data import load_nusax
+    from nntrace.models.experiments import load_results, save_results
+    from nntrace.models.train import fit
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "selection.json"
@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", action="store_true", help="print the saved results as a markdown table")
     args = parser.parse_args(argv)
     if args.table:
-        from models.experiments import load_results
+        from nntrace.models.experiments import load_results
 
         print(table(load_results(Path(args.out) / "selection.json")))
         return 0
-    from models.train import open_log
+    from nntrace.models.train import open_log
 
     with open_log(args.log) as log:
         results = run_round(args.round, Path(args.out), args.data, log)

@@ -15,8 +15,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from models.builders import CNNSettings, TextSettings, build_cnn, build_text_model
-from models.data import Splits
+from nntrace.models.builders import CNNSettings, TextSettings, build_cnn, build_text_model
+from nntrace.models.data import Splits
 
 
 @dataclass
@@ -42,7 +42,7 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 def compare_on(keras_model, x: Any, y: np.ndarray, batch_size: int = 256) -> dict:
     """Keras vs scratch on the same inputs: both macro-F1s, agreement (%), max probability difference."""
-    from models import load_scratch
+    from nntrace.models import load_scratch
 
     scratch = load_scratch(keras_model)
     p_keras = keras_model.predict(keras_input(x), batch_size=batch_size, verbose=0)
@@ -128,7 +128,7 @@ def fit(kind: str, settings: CNNSettings | TextSettings, data: Splits, out_dir: 
     import keras
     import tensorflow as tf
 
-    from models.callbacks import BestValidationF1, TrainingProgress
+    from nntrace.models.callbacks import BestValidationF1, TrainingProgress
 
     tf.get_logger().setLevel("ERROR")  # retracing notices between variants are expected
 
@@ -175,7 +175,7 @@ def fit(kind: str, settings: CNNSettings | TextSettings, data: Splits, out_dir: 
     }
     keras_path = out_dir / f"{name}.keras"
     save_for_inference(model, keras_path)
-    from models import load_scratch
+    from nntrace.models import load_scratch
 
     scratch = load_scratch(model)
     scratch.meta.update(labels=list(data.labels), test_keras_f1=metrics["keras_f1"], seed=seed)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.data import CIFAR10_LABELS, NUSAX_LABELS
+from nntrace.models.data import CIFAR10_LABELS, NUSAX_LABELS
 
 WORDS = {"negative": ["buruk", "kotor", "mahal", "lambat"], "neutral": ["biasa", "cukup", "ada", "saja"],
          "positive": ["enak", "bagus", "murah", "ramah"]}

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models import load_scratch
-from models.keras_probe import keras_layer_outputs
+from nntrace.models import load_scratch
+from nntrace.models.keras_probe import keras_layer_outputs
 
 RTOL, ATOL, PROB_ATOL = 1e-4, 1e-5, 1e-5
 

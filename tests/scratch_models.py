@@ -1,9 +1,9 @@
 """Deterministic scratch models built from NumPy weights alone (no Keras), for app snapshots."""
 import numpy as np
 
-from layers import (LSTM, Bidirectional, Conv2D, Dense, Embedding, Flatten, MaxPooling2D, Rescaling,
+from nntrace.layers import (LSTM, Bidirectional, Conv2D, Dense, Embedding, Flatten, MaxPooling2D, Rescaling,
                     TextVectorization)
-from models import CNNFromScratch, LSTMFromScratch
+from nntrace.models import CNNFromScratch, LSTMFromScratch
 
 
 def tiny_cnn() -> CNNFromScratch:

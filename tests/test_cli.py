@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-import cli
-from models import load_scratch
+from nntrace import cli
+from nntrace.models import load_scratch
 from tests.keras_models import small_cnn, small_text_model
-from tracer.io import load_trace
+from nntrace.tracer.io import load_trace
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from models import load_scratch
+from nntrace.models import load_scratch
 from tests.keras_models import small_cnn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +82,7 @@ def test_serve_renders_the_first_screen_in_headless_chromium(tmp_path):
     assert CHROMIUM, "CI must install chromium"
     path = load_scratch(small_cnn()).save_weights(tmp_path / "m.npz")
     port, debug_port = free_port(), free_port()
-    server = subprocess.Popen([sys.executable, "cli.py", "serve", "cnn", "--model", str(path), "--port", str(port),
+    server = subprocess.Popen([sys.executable, "-m", "nntrace.cli", "serve", "cnn", "--model", str(path), "--port", str(port),
                                "--host", "127.0.0.1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                               start_new_session=True)  # its own process group: the app it starts goes too
     browser = None

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import load_scratch
+from nntrace.models import load_scratch
 from tests.keras_models import small_cnn, small_text_model
-from tracer import trace
-from tracer.io import save_trace
-from tui import NNTraceApp, Session
+from nntrace.tracer import trace
+from nntrace.tracer.io import save_trace
+from nntrace.tui import NNTraceApp, Session
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,7 +124,7 @@ def test_replay_without_the_model(tmp_path):
     x = np.random.default_rng(1).uniform(0, 255, (1, 8, 8, 3)).astype(np.float32)
     session, _ = session_for(small_cnn(), x, tmp_path, "cnn")
     path = save_trace(session.trace, tmp_path / "run.nntrace")
-    from tracer.io import load_trace
+    from nntrace.tracer.io import load_trace
     replay = load_trace(path)
     app = NNTraceApp(Session(replay, "replay"))
 
@@ -149,7 +149,7 @@ def test_the_real_command_starts_and_quits_in_a_terminal(tmp_path):
     if pid == 0:
         os.chdir(ROOT)
         os.environ.update(TERM="xterm-256color", COLUMNS="120", LINES="40")
-        os.execv(sys.executable, [sys.executable, "cli.py", "cnn", "--model", str(tmp_path / "m.npz"),
+        os.execv(sys.executable, [sys.executable, "-m", "nntrace.cli", "cnn", "--model", str(tmp_path / "m.npz"),
                                   "--image", str(tmp_path / "img.png")])
     output = b""
     deadline = time.time() + 60
@@ -182,7 +182,7 @@ def test_the_real_command_starts_and_quits_in_a_terminal(tmp_path):
     (["lstm", "--model", "MODEL", "--text", "   "], "the sentence is empty"),
 ])
 def test_bad_input_before_the_app_starts(argv, message, tmp_path, capsys):
-    import cli
+    from nntrace import cli
     path = load_scratch(small_text_model()).save_weights(tmp_path / "t.npz")
     argv = [str(path) if a == "MODEL" else a for a in argv]
     assert cli.main(argv) == 2

@@ -2,8 +2,8 @@
 import numpy as np
 
 from tests.scratch_models import tiny_cnn, tiny_lstm
-from tracer import trace
-from tui import NNTraceApp, Session
+from nntrace.tracer import trace
+from nntrace.tui import NNTraceApp, Session
 
 
 def cnn_app() -> NNTraceApp:

@@ -38,7 +38,7 @@ def diff_outputs(scratch_outputs: dict[str, Any], keras_outputs: dict[str, Any],
 
 def compare(scratch, keras_model, x: Any) -> list[LayerDiff]:
     """Per-layer max |scratch − Keras| and pass/fail for input batch `x`."""
-    from models.keras_probe import keras_layer_outputs
+    from nntrace.models.keras_probe import keras_layer_outputs
 
     ours, classes = {}, {}
     for layer, out, _ in scratch.forward_layers(x):

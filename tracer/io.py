@@ -13,9 +13,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from layers.errors import NNTraceError
-from tracer.events import EVENT_TYPES, SCHEMA_VERSION, Event, event_fields
-from tracer.trace import Trace
+from nntrace.layers.errors import NNTraceError
+from nntrace.tracer.events import EVENT_TYPES, SCHEMA_VERSION, Event, event_fields
+from nntrace.tracer.trace import Trace
 
 FORMAT = "nntrace-trace"
 FORMAT_VERSION = 1

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from tracer.events import Event, LayerEnd, LayerStart
+from nntrace.tracer.events import Event, LayerEnd, LayerStart
 
 
 class NullTracer:

@@ -6,8 +6,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from tracer.events import Event, LayerEnd, LayerStart
-from tracer.recorder import Recorder
+from nntrace.tracer.events import Event, LayerEnd, LayerStart
+from nntrace.tracer.recorder import Recorder
 
 #: Layers whose fine-grained steps are recorded by default, in order of preference.
 FINE_DEFAULT = ("Conv2D", "LSTM", "SimpleRNN", "Bidirectional")

@@ -11,7 +11,7 @@ from textual.widgets import Static
 
 from rich.console import Group
 
-from views.render import half_block_heatmap, side_by_side, stack
+from nntrace.views.render import half_block_heatmap, side_by_side, stack
 
 
 def gallery_text(layer: str, scratch: np.ndarray, keras: np.ndarray | None, per_row: int = 2) -> Group:

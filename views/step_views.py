@@ -10,7 +10,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from views.render import bar, half_block_heatmap, half_block_image, heat, number_grid, side_by_side, stack
+from nntrace.views.render import bar, half_block_heatmap, half_block_image, heat, number_grid, side_by_side, stack
 
 
 def layer_input(trace, layer: str) -> np.ndarray | None:

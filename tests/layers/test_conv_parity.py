@@ -82,7 +82,7 @@ def test_same_padding_is_asymmetric_like_tensorflow():
     model.layers[0].set_weights([kernel])
     x = np.arange(25, dtype=np.float32).reshape(1, 5, 5, 1)
     assert_parity(model, x)
-    from models import load_scratch
+    from nntrace.models import load_scratch
     np.testing.assert_array_equal(load_scratch(model).forward(x), x)
 
 
@@ -90,6 +90,6 @@ def test_average_pooling_same_divides_by_real_cells():
     model = keras.Sequential([keras.Input((3, 3, 1)), keras.layers.AveragePooling2D(2, padding="same"),
                               keras.layers.Flatten()])
     x = np.ones((1, 3, 3, 1), np.float32)
-    from models import load_scratch
+    from nntrace.models import load_scratch
     np.testing.assert_allclose(load_scratch(model).forward(x), np.ones((1, 4)), rtol=0, atol=0)
     assert_parity(model, x)

@@ -3,8 +3,8 @@ import keras
 import numpy as np
 import pytest
 
-from layers import Conv2D, Dense, InputShapeError, LSTM, UnsupportedLayerError, WeightMismatchError
-from models import load_scratch
+from nntrace.layers import Conv2D, Dense, InputShapeError, LSTM, UnsupportedLayerError, WeightMismatchError
+from nntrace.models import load_scratch
 
 
 def test_unsupported_layer_names_layer_class_and_supported_list():

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from models import load_scratch
+from nntrace.models import load_scratch
 from tests.parity import assert_parity, randomise_weights
 
 VOCAB = 20

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from layers import InputShapeError
-from models import load_scratch
+from nntrace.layers import InputShapeError
+from nntrace.models import load_scratch
 
 CORPUS = ["Makanannya enak sekali!", "Pelayanan BURUK, tidak ramah.", "harga-nya murah... tapi tempatnya kotor",
           "Saya   suka\tsekali\ndengan rasa kopi-nya", "Tidak enak; tidak murah?"]

@@ -4,10 +4,10 @@ import dataclasses
 
 import pytest
 
-import cli
-from lessons.runner import (LessonError, LessonSession, Progress, check_answer, format_answer, load_lessons,
+from nntrace import cli
+from nntrace.lessons.runner import (LessonError, LessonSession, Progress, check_answer, format_answer, load_lessons,
                             parse_lesson, validate)
-from tui import NNTraceApp
+from nntrace.tui import NNTraceApp
 
 LESSONS = load_lessons()
 

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from models.builders import TextSettings, build_text_model, lsa_vectors
-from models.train import keras_input
+from nntrace.models.builders import TextSettings, build_text_model, lsa_vectors
+from nntrace.models.train import keras_input
 
 TEXTS = np.array(["makanan enak sekali", "makanan murah enak", "pelayanan buruk sekali", "pelayanan lambat buruk",
                   "dimakan habis", "tempatnya bersih nyaman", "kotor dan bau", "nyaman bersih murah"])
@@ -46,7 +46,7 @@ def test_subword_vectors_bring_words_with_one_stem_together():
     TextSettings(cell="simple_rnn", units=3, embedding_dim=6, embedding_init="lsa_subword", bidirectional=False),
 ], ids=["character-lstm", "subword-simple-rnn"])
 def test_built_text_models_have_exact_scratch_twins(settings):
-    from models import load_scratch
+    from nntrace.models import load_scratch
 
     model = build_text_model(settings, TEXTS, seed=3)
     probe = np.array(["makanan enak", "dimakan habis sekali", "", "pelayanannya lambat!"])

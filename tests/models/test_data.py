@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from models import data
-from models.data import CIFAR10_LABELS, DataNotFoundError, load_cifar10, load_nusax
+from nntrace.models import data
+from nntrace.models.data import CIFAR10_LABELS, DataNotFoundError, load_cifar10, load_nusax
 from tests.datasets import make_cifar_zip, make_nusax
 
 

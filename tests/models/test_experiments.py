@@ -1,8 +1,9 @@
 """`nntrace experiments --quick`: the whole grid on tiny data, resumable, with report and figures."""
 import json
 
-import cli
-from models import experiments
+from nntrace import cli
+from nntrace.models import experiments
+from nntrace.models import train as train_module
 
 
 def test_quick_grid_end_to_end_and_resumable(tmp_path, data_dir, monkeypatch):
@@ -13,10 +14,9 @@ def test_quick_grid_end_to_end_and_resumable(tmp_path, data_dir, monkeypatch):
     assert {r["key"] for r in first} == {"cnn_pooling/max pooling", "cnn_pooling/average pooling",
                                          "lstm_direction/unidirectional", "lstm_direction/bidirectional"}
 
-    import models.train
     calls = []
-    real_fit = models.train.fit
-    monkeypatch.setattr(models.train, "fit", lambda *a, **k: calls.append(a[4]) or real_fit(*a, **k))
+    real_fit = train_module.fit
+    monkeypatch.setattr(train_module, "fit", lambda *a, **k: calls.append(a[4]) or real_fit(*a, **k))
     assert cli.main(args) == 0  # the rest of the grid; finished variants are skipped
     results = json.loads((out / "experiments.json").read_text())
     distinct = {experiments.settings_key(v.kind, json.loads(json.dumps(v.settings.to_dict())))

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from models import inputs
-from models.inputs import InputError, check_text, default_image, fit_to, load_image, resolve_model
+from nntrace.models import inputs
+from nntrace.models.inputs import InputError, check_text, default_image, fit_to, load_image, resolve_model
 
 
 def test_default_image_falls_back_to_the_photo_matplotlib_ships(monkeypatch):
-    monkeypatch.setattr("models.data.find_cifar_zip", lambda path=None: None)
+    monkeypatch.setattr("nntrace.models.data.find_cifar_zip", lambda path=None: None)
     img = default_image()
     assert img.pixels.shape == (1, 32, 32, 3) and img.pixels.dtype == np.float32
     assert img.description == "grace_hopper.jpg" and img.note.startswith("resized from")

@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from layers import ModelStructureError, WeightMismatchError
-from models import CNNFromScratch, LSTMFromScratch, RNNFromScratch, load_scratch
+from nntrace.layers import ModelStructureError, WeightMismatchError
+from nntrace.models import CNNFromScratch, LSTMFromScratch, RNNFromScratch, load_scratch
 from tests.keras_models import small_cnn, small_text_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def test_text_models_take_strings_and_token_ids():
     texts = ["enak sekali", "TIDAK enak!", "kata baru"]
     ids = lstm.layers[0].forward(texts)
     np.testing.assert_allclose(lstm.forward(texts), lstm.forward(ids), atol=0)
-    from models.train import keras_input
+    from nntrace.models.train import keras_input
     np.testing.assert_allclose(lstm.forward(texts), model.predict(keras_input(np.array(texts)), verbose=0), atol=1e-5)
     assert isinstance(load_scratch(small_text_model(keras.layers.SimpleRNN)), RNNFromScratch)
 
@@ -71,7 +71,7 @@ def test_save_refuses_to_overwrite(tmp_path):
 
 def test_loading_runs_without_tensorflow(tmp_path):
     path = load_scratch(small_text_model()).save_weights(tmp_path / "t.npz")
-    code = ("import sys; from models import load_scratch; m = load_scratch(sys.argv[1]); "
+    code = ("import sys; from nntrace import load_scratch; m = load_scratch(sys.argv[1]); "
             "p = m.forward(['enak sekali']); assert p.shape == (1, 3); "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'; print('ok')")
     out = subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, capture_output=True, text=True)

@@ -4,9 +4,9 @@ import json
 import keras
 import numpy as np
 
-import cli
-from models.callbacks import TrainingProgress
-from models.train import keras_input
+from nntrace import cli
+from nntrace.models.callbacks import TrainingProgress
+from nntrace.models.train import keras_input
 
 
 def test_interrupted_training_resumes_and_saves_everything(tmp_path, data_dir, monkeypatch, capsys):
@@ -58,7 +58,7 @@ def test_cnn_shows_progress_and_takes_raw_pixels(tmp_path, data_dir, capsys):
     model = keras.models.load_model(out / "cnn.keras", safe_mode=True)
     assert model.layers[0].__class__.__name__ == "Rescaling"
     pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
-    from models import load_scratch
+    from nntrace.models import load_scratch
 
     np.testing.assert_allclose(load_scratch(out / "cnn.npz").predict_proba(pixels), model.predict(pixels, verbose=0),
                                atol=1e-5)

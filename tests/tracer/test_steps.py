@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from layers import (LSTM, AveragePooling2D, Bidirectional, Conv2D, Dense, Embedding, Flatten, MaxPooling2D,
+from nntrace.layers import (LSTM, AveragePooling2D, Bidirectional, Conv2D, Dense, Embedding, Flatten, MaxPooling2D,
                     SimpleRNN)
 
 rng = np.random.default_rng(0)

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from models import load_scratch
-from tracer import Recorder, trace
-from tracer.io import TraceFormatError, load_trace, save_trace
+from nntrace.models import load_scratch
+from nntrace.tracer import Recorder, trace
+from nntrace.tracer.io import TraceFormatError, load_trace, save_trace
 from tests.keras_models import small_cnn, small_text_model
 
 

@@ -89,9 +89,9 @@ def cmd_experiments(args: argparse.Namespace) -> int:
     return 0
 
 
-def model_input(args: argparse.Namespace, scratch) -> tuple[object, str, str]:
+def model_input(args: argparse.Namespace, scratch) -> tuple[object, str, str, int | None]:
     """The input for a command (an image file, a test image, a sentence, or the default), its
-    description, and a note such as "resized from 640×480 to 32×32"."""
+    description, a note such as "resized from 640×480 to 32×32", and its true class when known."""
     from nntrace.models.inputs import check_text, cifar_test_image, default_image, fit_to, load_image
 
     if scratch.takes_text or getattr(args, "text", None):
@@ -99,7 +99,7 @@ def model_input(args: argparse.Namespace, scratch) -> tuple[object, str, str]:
             raise InputShapeError(scratch.layers[0].name, type(scratch.layers[0]).__name__, "an image",
                                   "--text (this is an image model)")
         text = check_text(args.text if args.text is not None else "Makanannya enak sekali, pelayanannya ramah!")
-        return [text], f'"{text}"', ""
+        return [text], f'"{text}"', "", None
     shape = scratch.input_info.get("shape") or [None, 32, 32, 3]
     size = (shape[2] or 32, shape[1] or 32)
     if getattr(args, "image", None):
@@ -108,7 +108,7 @@ def model_input(args: argparse.Namespace, scratch) -> tuple[object, str, str]:
         img = fit_to(cifar_test_image(args.index, getattr(args, "data", None)), size)
     else:
         img = fit_to(default_image(getattr(args, "data", None)), size)
-    return img.pixels, img.description + (f" ({img.note})" if img.note else ""), img.note
+    return img.pixels, img.description + (f" ({img.note})" if img.note else ""), img.note, img.label
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
@@ -118,7 +118,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from nntrace.tracer.io import save_trace
 
     scratch = load_scratch(resolve_model(args.model))
-    x, described, _ = model_input(args, scratch)
+    x, described, _, _ = model_input(args, scratch)
     t = trace(scratch, x)
     path = save_trace(t, args.output, layers=args.layer, everything=args.all, overwrite=args.overwrite)
     print(f"traced {scratch.name} on {described}: {len(t.layers)} layers → {path} (+ {path.name}.npz)")
@@ -141,7 +141,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     scratch = load_scratch(path)
-    x, described, _ = model_input(args, scratch)
+    x, described, _, _ = model_input(args, scratch)
     rows = compare(scratch, load_keras(keras_path), x)
     table = Table(title=f"{scratch.name} on {described}: scratch vs Keras (rtol {RTOL:g}, atol {ATOL:g})")
     for col in ("layer", "class", "output shape", "max |Δ|", ""):
@@ -168,18 +168,27 @@ def open_session(args: argparse.Namespace):
         raise InputShapeError(scratch.layers[0].name, type(scratch.layers[0]).__name__,
                               "text" if scratch.takes_text else "an image",
                               f"the '{kind}' view (pick the matching command)")
-    x, described, note = model_input(args, scratch)
+    x, described, note, label = model_input(args, scratch)
     t = trace(scratch, x)
-    t.context["model_input"] = x
+    t.context.update(model_input=x, true_label=label)
     return Session(t, described, keras_path_for(path), f"image {note}" if note else ""), scratch
+
+
+def run_app(make_app) -> int:
+    """Run the app with TensorFlow's messages (fd 2) in the log file; the app's exit code."""
+    from nntrace.views.app_log import stderr_to_log
+
+    with stderr_to_log() as log:
+        app = make_app(log)
+        app.run()
+    return app.return_code or 0
 
 
 def cmd_view(args: argparse.Namespace) -> int:
     from nntrace.tui import NNTraceApp
 
     session, scratch = open_session(args)
-    NNTraceApp(session, scratch).run()
-    return 0
+    return run_app(lambda log: NNTraceApp(session, scratch, log=log))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -188,8 +197,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     t = load_trace(args.file)
     described = t.context.get("text") and f'"{t.context["text"]}"' or f"replay of {args.file}"
-    NNTraceApp(Session(t, described, None, "replaying a recorded trace: Keras is not loaded")).run()
-    return 0
+    return run_app(lambda log: NNTraceApp(Session(t, described, None, "replaying a recorded trace: Keras is not loaded"),
+                                          log=log))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -228,7 +237,7 @@ def lesson_trace(lesson):
         img = fit_to(default_image(), (shape[2], shape[1]))
         x, described = img.pixels, img.description
     t = trace(scratch, x)
-    t.context["model_input"] = x
+    t.context.update(model_input=x, true_label=None if "text" in lesson.input else img.label)
     report = json.loads(REPORT.read_text()) if REPORT.exists() else None
     return Session(t, described, keras_path_for(path)), scratch, report
 
@@ -268,8 +277,8 @@ def cmd_lesson(args: argparse.Namespace) -> int:
     session, scratch, report = lesson_trace(lesson)
     validate(lesson, session.trace, report)
     start = 0 if progress.done(lesson) else None
-    NNTraceApp(session, scratch, LessonSession(lesson, session.trace, progress, report, start)).run()
-    return 0
+    return run_app(lambda log: NNTraceApp(session, scratch, LessonSession(lesson, session.trace, progress, report, start),
+                                          log=log))
 
 
 def add_input_options(p: argparse.ArgumentParser) -> None:

@@ -156,6 +156,7 @@ class Conv2D(Layer):
         xp, _, _ = self.pad(as_float32(x))
         real, _, _ = self.pad(np.ones((1,) + x.shape[1:3] + (1,), np.float32))
         (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        act_name = activations.activation_name(self.config.get("activation"))
         for f in range(kernel.shape[-1]) if filters is None else filters:
             k = kernel[..., f]
             b = np.float32(0.0) if bias is None else bias[f]
@@ -163,10 +164,11 @@ class Conv2D(Layer):
                 for c in range(ow) if cols is None else cols:
                     patch = xp[0, r * sh:r * sh + kh, c * sw:c * sw + kw, :]
                     products = patch * k
+                    channel_totals = products.sum(axis=(0, 1), dtype=np.float32)
                     total = products.sum(dtype=np.float32)
                     pre = np.float32(total + b)
                     yield ConvPatch(self.name, row=r, col=c, filter=f, patch=patch, kernel=k, products=products,
-                                    total=float(total), bias=float(b), pre_activation=float(pre),
+                                    channel_totals=channel_totals, total=float(total), activation=act_name, bias=float(b), pre_activation=float(pre),
                                     value=float(self.act(np.array([pre], np.float32))[0]),
                                     padding=real[0, r * sh:r * sh + kh, c * sw:c * sw + kw, 0] == 0,
                                     origin=(r * sh - t, c * sw - l))

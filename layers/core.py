@@ -56,8 +56,9 @@ class Dense(Layer):
             b = np.float32(0.0) if bias is None else bias[u]
             pre = np.float32(total + b)
             value = softmax.probabilities[u] if softmax else self.act(np.array([pre], np.float32))[0]
+            top_sum = contributions[order].sum(dtype=np.float32)
             yield DenseNeuron(self.name, unit=u, inputs=order.astype(np.int32), contributions=contributions[order],
-                              total=float(total), bias=float(b), pre_activation=float(pre), activation=name,
+                              rest=float(total - top_sum), n_inputs=int(x1.size), total=float(total), bias=float(b), pre_activation=float(pre), activation=name,
                               value=float(value))
         if softmax is not None:
             yield softmax

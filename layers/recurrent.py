@@ -10,6 +10,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from nntrace.layers import activations
 from nntrace.layers.base import Layer, as_float32
 from nntrace.layers.errors import InputShapeError
 
@@ -50,7 +51,8 @@ class SimpleRNNCell:
         x_part = x_t @ self.kernel
         h_part = states[0] @ self.recurrent_kernel
         bias = np.zeros(self.units, np.float32) if self.bias is None else self.bias
-        return {"x_part": x_part, "h_part": h_part, "bias": bias, "pre_activation": x_part + bias + h_part}
+        return {"x_part": x_part, "h_part": h_part, "bias": np.broadcast_to(bias, x_part.shape),
+                "pre_activation": x_part + bias + h_part}
 
 
 @dataclass
@@ -80,9 +82,17 @@ class LSTMCell:
         return gated[:, :u], gated[:, u:2 * u], self.activation(z[:, 2 * u:3 * u]), gated[:, 3 * u:]
 
     def explain(self, x_t: np.ndarray, states: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """The four gates of one step for `x_t` `(batch, features)`."""
+        """The four gates of one step for `x_t` `(batch, features)`, and their parts: x·W, h_prev·U,
+        bias and pre-activation, each `(batch, 4, units)` with rows in the order i, f, g, o."""
+        u = self.units
+        x_part = x_t @ self.kernel
+        h_part = states[0] @ self.recurrent_kernel
+        bias = np.zeros(4 * u, np.float32) if self.bias is None else self.bias
         i, f, g, o = self.gates(self.project_inputs(x_t), states[0])
-        return {"i": i, "f": f, "g": g, "o": o}
+        split = lambda v: v.reshape(v.shape[:-1] + (4, u))  # noqa: E731
+        return {"i": i, "f": f, "g": g, "o": o, "x_part": split(x_part), "h_part": split(h_part),
+                "bias": split(np.broadcast_to(bias, x_part.shape)),
+                "pre_activation": split(self.project_inputs(x_t) + h_part)}
 
     def step(self, x_proj, states):
         h_prev, c_prev = states
@@ -205,11 +215,16 @@ class Recurrent(Layer):
             if keep is not None and t not in keep:
                 continue
             masked = mask is not None and not bool(np.asarray(mask)[0, t])
-            parts = {name: value[0] if value.ndim == 2 else value
-                     for name, value in self.cell.explain(x[:, t], before).items()}
-            common = dict(direction=direction, step=k, time=t, masked=masked, h_prev=before[0][0], h=after[0][0])
+            common = dict(direction=direction, step=k, time=t, masked=masked, h_prev=before[0][0], h=after[0][0],
+                          activation=activations.activation_name(self.config.get("activation", "tanh")))
+            if masked:  # the step did not happen: no fresh values, the states carry over
+                parts = {}
+            else:
+                parts = {name: value[0] for name, value in self.cell.explain(x[:, t], before).items()}
             if isinstance(self.cell, LSTMCell):
-                yield LSTMStep(self.name, c_prev=before[1][0], c=after[1][0], **parts, **common)
+                yield LSTMStep(self.name, c_prev=before[1][0], c=after[1][0], **parts, **common,
+                               recurrent_activation=activations.activation_name(
+                                   self.config.get("recurrent_activation", "sigmoid")))
             else:
                 yield RNNStep(self.name, **parts, **common)
 

@@ -9,7 +9,6 @@ traced numbers (never typed into the file), so lessons stay valid when the model
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,9 +260,9 @@ def validate(lesson: Lesson, trace, report: list[dict] | None = None) -> None:
 
 # -- progress ------------------------------------------------------------------------------------
 def state_file() -> Path:
-    from platformdirs import user_state_dir
+    from nntrace.views.app_log import state_dir
 
-    return Path(os.environ.get("NNTRACE_STATE", user_state_dir("nntrace"))) / "lessons.json"
+    return state_dir() / "lessons.json"
 
 
 @dataclass

@@ -11,7 +11,10 @@ from typing import ClassVar, Optional
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Schemas this version reads. 2 added the parts of each LSTM gate, activations' names, per-channel
+#: conv sums and the dense remainder, and masked recurrent steps carry no fresh gate values.
+READABLE_SCHEMAS = (1, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +58,12 @@ class ConvPatch(Event):
     patch: np.ndarray = None            # (kh, kw, in_ch) input values (zeros where padded)
     kernel: np.ndarray = None           # (kh, kw, in_ch) the filter's weights
     products: np.ndarray = None         # (kh, kw, in_ch) patch * kernel
+    channel_totals: np.ndarray = None   # (in_ch,) products summed over each input channel
     total: float = 0.0                  # products.sum()
     bias: float = 0.0
     pre_activation: float = 0.0         # total + bias
     value: float = 0.0                  # activation(pre_activation): the output cell
+    activation: str = "linear"
     padding: np.ndarray = None          # (kh, kw) True where the cell is padding
     origin: tuple = (0, 0)              # input (row, col) of the patch's top-left cell (may be < 0)
     KIND: ClassVar[str] = "conv_patch"
@@ -98,6 +103,8 @@ class DenseNeuron(Event):
     unit: int = 0
     inputs: np.ndarray = None           # (k,) indices of the k largest |x_i * w_i|, largest first
     contributions: np.ndarray = None    # (k,) x_i * w_i for those indices
+    rest: float = 0.0                   # the sum of x_i * w_i over the other inputs (total - top sum)
+    n_inputs: int = 0                   # how many inputs the unit sums over
     total: float = 0.0                  # sum over all inputs of x_i * w_i
     bias: float = 0.0
     pre_activation: float = 0.0
@@ -136,18 +143,23 @@ class EmbeddingLookup(Event):
 
 @dataclass(frozen=True, slots=True)
 class RNNStep(Event):
-    """One SimpleRNN step: h_t = activation(x_t·W + h_prev·U + bias), or carried over when masked."""
+    """One SimpleRNN step: h_t = activation(x_t·W + h_prev·U + bias), or carried over when masked.
+
+    A masked step did not happen: `x_part`, `h_part`, `bias` and `pre_activation` are None and
+    h == h_prev.
+    """
 
     direction: str = "forward"          # forward | backward
     step: int = 0                       # processing order
     time: int = 0                       # index in the input sequence
-    x_part: np.ndarray = None           # (units,) x_t · kernel
-    h_part: np.ndarray = None           # (units,) h_prev · recurrent_kernel
-    bias: np.ndarray = None             # (units,)
-    pre_activation: np.ndarray = None   # (units,)
+    x_part: Optional[np.ndarray] = None          # (units,) x_t · kernel
+    h_part: Optional[np.ndarray] = None          # (units,) h_prev · recurrent_kernel
+    bias: Optional[np.ndarray] = None            # (units,)
+    pre_activation: Optional[np.ndarray] = None  # (units,) x_part + bias + h_part
     h_prev: np.ndarray = None           # (units,)
     h: np.ndarray = None                # (units,) state after the step (h_prev when masked)
     masked: bool = False
+    activation: str = "tanh"
     KIND: ClassVar[str] = "rnn_step"
 
     @property
@@ -157,20 +169,31 @@ class RNNStep(Event):
 
 @dataclass(frozen=True, slots=True)
 class LSTMStep(Event):
-    """One LSTM step: gates i, f, g (candidate), o; c = f*c_prev + i*g; h = o*tanh(c)."""
+    """One LSTM step: gates i, f, g (candidate), o; c = f*c_prev + i*g; h = o*tanh(c).
+
+    Each gate is `recurrent_activation(x·W + h_prev·U + b)` (the candidate g uses `activation`); the
+    three parts are kept per gate, rows in the order i, f, g, o. A masked step did not happen: the
+    gates and their parts are None, c == c_prev and h == h_prev.
+    """
 
     direction: str = "forward"
     step: int = 0
     time: int = 0
-    i: np.ndarray = None                # (units,) input gate
-    f: np.ndarray = None                # (units,) forget gate
-    g: np.ndarray = None                # (units,) candidate
-    o: np.ndarray = None                # (units,) output gate
+    i: Optional[np.ndarray] = None      # (units,) input gate
+    f: Optional[np.ndarray] = None      # (units,) forget gate
+    g: Optional[np.ndarray] = None      # (units,) candidate
+    o: Optional[np.ndarray] = None      # (units,) output gate
+    x_part: Optional[np.ndarray] = None          # (4, units) x_t · kernel, per gate
+    h_part: Optional[np.ndarray] = None          # (4, units) h_prev · recurrent_kernel, per gate
+    bias: Optional[np.ndarray] = None            # (4, units)
+    pre_activation: Optional[np.ndarray] = None  # (4, units) x_part + bias + h_part
     c_prev: np.ndarray = None
     c: np.ndarray = None                # (units,) cell state after the step (c_prev when masked)
     h_prev: np.ndarray = None
     h: np.ndarray = None                # (units,) hidden state after the step (h_prev when masked)
     masked: bool = False
+    activation: str = "tanh"            # for g and for h = o * activation(c)
+    recurrent_activation: str = "sigmoid"  # for i, f, o
     KIND: ClassVar[str] = "lstm_step"
 
     @property

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from nntrace.layers.errors import NNTraceError
-from nntrace.tracer.events import EVENT_TYPES, SCHEMA_VERSION, Event, event_fields
+from nntrace.tracer.events import EVENT_TYPES, READABLE_SCHEMAS, SCHEMA_VERSION, Event, event_fields
 from nntrace.tracer.trace import Trace
 
 FORMAT = "nntrace-trace"
@@ -91,10 +91,10 @@ def load_trace(path: str | Path) -> Trace:
             raise TraceFormatError(f"'{path}' is not an nntrace trace file (first line is not JSON)") from exc
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise TraceFormatError(f"'{path}' is not an nntrace trace file")
-        if header.get("version") != FORMAT_VERSION or header.get("schema") != SCHEMA_VERSION:
+        if header.get("version") != FORMAT_VERSION or header.get("schema") not in READABLE_SCHEMAS:
             raise TraceFormatError(
                 f"'{path}' is trace format version {header.get('version')} (schema {header.get('schema')}); "
-                f"this nntrace reads version {FORMAT_VERSION} (schema {SCHEMA_VERSION})")
+                f"this nntrace reads version {FORMAT_VERSION} (schemas {', '.join(map(str, READABLE_SCHEMAS))})")
         lines = [json.loads(l) for l in f if l.strip()]
     npz = arrays_path(path)
     if not npz.exists():

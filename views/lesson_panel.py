@@ -1,4 +1,8 @@
-"""The lesson panel: the step's text, the question, an answer box and feedback."""
+"""The lesson panel: the step's text, the question, an answer box and feedback.
+
+It plays a `lessons.runner.LessonSession`: moves the app's replay model to each step's position,
+checks answers typed in its box, and asks the app to redraw.
+"""
 from __future__ import annotations
 
 from textual.app import ComposeResult
@@ -31,4 +35,41 @@ class LessonPanel(Vertical):
         self.query_one("#answer", Input).value = ""
 
     def feedback(self, text: str, style: str = "") -> None:
-        self.query_one("#feedback", Static).update(f"[{style}]{text}[/]" if style else text)
+        from rich.text import Text
+
+        self.query_one("#feedback", Static).update(Text(text, style=style))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        app = self.app
+        lesson = app.lesson
+        if lesson is None or event.input.id != "answer":
+            return
+        event.stop()
+        if not lesson.answered:
+            if not event.value.strip():
+                self.feedback("Type an answer first.", "yellow")
+                return
+            fb = lesson.answer(event.value)
+            style = "bold green" if fb.correct else ("bold yellow" if fb.revealed else "red")
+            self.feedback(fb.message + ("  (Enter to continue)" if lesson.answered else ""), style)
+            event.input.value = ""
+            return
+        if lesson.next():
+            show_lesson_step(app)
+        else:
+            self.feedback(f"Lesson complete: {lesson.lesson.title}. Press q to quit.", "bold green")
+            app.message = "lesson complete"
+        app.refresh_view()
+
+
+def show_lesson_step(app) -> None:
+    """Move the app to the lesson step's position and show its text and question."""
+    lesson = app.lesson
+    step = lesson.step
+    if lesson.position is not None:
+        layer, index = lesson.position
+        app.replay.go_to(layer, index)
+    q = step.question
+    app.query_one(LessonPanel).show(lesson.lesson.title, lesson.index + 1, len(lesson.lesson.steps), step.text,
+                                    q.prompt if q else None, lesson.options())
+    app.refresh_view()

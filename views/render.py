@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -26,6 +27,61 @@ def heat(value: float, scale: float) -> str:
         return "rgb(60,60,60)"
     t = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
     return mix(MID, POS if value >= 0 else NEG, t)
+
+
+#: 0 → 1 for gates and probabilities: dark purple, teal, yellow.
+SEQUENTIAL = ((48, 18, 84), (33, 145, 140), (253, 231, 37))
+HIDDEN = "rgb(30,30,30)"   # a cell not computed yet
+MARK = "rgb(255,255,255)"  # the selected cell
+
+
+@dataclass(frozen=True)
+class Scale:
+    """A colour scale with its numeric range: `sequential` from lo to hi (gates 0…1), or
+    `diverging` centred on 0 from −m (blue) through 0 (grey) to +m (orange)."""
+
+    lo: float
+    hi: float
+    kind: str = "diverging"
+
+    @classmethod
+    def gate(cls) -> "Scale":
+        return cls(0.0, 1.0, "sequential")
+
+    @classmethod
+    def signed(cls, values: np.ndarray) -> "Scale":
+        v = np.abs(np.asarray(values, np.float64))
+        v = v[np.isfinite(v)]
+        m = float(v.max()) if v.size and v.max() > 0 else 1.0
+        return cls(-m, m, "diverging")
+
+    def colour(self, value: float) -> str:
+        if not np.isfinite(value):
+            return HIDDEN
+        if self.kind == "diverging":
+            return heat(value, self.hi)
+        t = min(max((value - self.lo) / ((self.hi - self.lo) or 1.0), 0.0), 1.0)
+        low, mid, high = SEQUENTIAL
+        return mix(low, mid, t * 2) if t < 0.5 else mix(mid, high, t * 2 - 1)
+
+    def stops(self) -> list[tuple[float, float, float]]:
+        """The scale's colours from lo to hi as 0–1 RGB (for matplotlib)."""
+        rgb = (NEG, MID, POS) if self.kind == "diverging" else SEQUENTIAL
+        return [tuple(c / 255 for c in stop) for stop in rgb]
+
+    def label(self, value: float) -> str:
+        return f"{value:+.2f}" if self.kind == "diverging" else f"{value:.2f}"
+
+    def legend(self, width: int = 16) -> Text:
+        """`−1.23 ▆▆▆▆ 0 ▆▆▆▆ +1.23` or `0.00 ▆▆▆▆▆▆ 1.00`: the colours and their numbers."""
+        text = Text(self.label(self.lo) + " ", style="dim")
+        for k in range(width):
+            value = self.lo + (self.hi - self.lo) * (k + 0.5) / width
+            if self.kind == "diverging" and k == width // 2:
+                text.append(" 0 ", style="dim")
+            text.append("█", style=self.colour(value))
+        text.append(" " + self.label(self.hi), style="dim")
+        return text
 
 
 @lru_cache(maxsize=65536)
@@ -81,20 +137,20 @@ def half_block_image(rgb: np.ndarray, box: tuple[int, int, int, int] | None = No
     return Block(lines)
 
 
-def half_block_heatmap(values: np.ndarray, scale: float | None = None, hidden: np.ndarray | None = None,
+def half_block_heatmap(values: np.ndarray, scale: "float | Scale | None" = None, hidden: np.ndarray | None = None,
                        mark: tuple[int, int] | None = None) -> Block:
-    """A 2-D array as diverging colours, two rows per text row. `hidden` cells show dark (not yet
+    """A 2-D array as colours, two rows per text row. `scale`: a Scale, or a float m for the
+    diverging scale −m…+m (default: the largest |value|). `hidden` cells show dark (not yet
     stepped); `mark` (row, col) is drawn white."""
     v = np.asarray(values, np.float32)
-    if scale is None:
-        finite = np.abs(v[np.isfinite(v)])
-        scale = float(finite.max()) if finite.size else 1.0
-    colours = [[heat(float(x), scale) for x in row] for row in v]
+    if not isinstance(scale, Scale):
+        scale = Scale.signed(v) if scale is None else Scale(-float(scale), float(scale))
+    colours = [[scale.colour(float(x)) for x in row] for row in v]
     if hidden is not None:
         for r, c in zip(*np.nonzero(hidden)):
-            colours[r][c] = "rgb(30,30,30)"
+            colours[r][c] = HIDDEN
     if mark is not None and 0 <= mark[0] < v.shape[0] and 0 <= mark[1] < v.shape[1]:
-        colours[mark[0]][mark[1]] = "rgb(255,255,255)"
+        colours[mark[0]][mark[1]] = MARK
     if len(colours) % 2:
         colours.append(["default"] * v.shape[1])
     lines = []
@@ -102,6 +158,25 @@ def half_block_heatmap(values: np.ndarray, scale: float | None = None, hidden: n
         lines.append([Segment("▀", style(f"{top} on {bottom}" if bottom != "default" else top))
                       for top, bottom in zip(colours[r], colours[r + 1])])
     return Block(lines)
+
+
+@dataclass
+class Heatmap:
+    """One picture a view shows: values `(rows, cols)` (NaN = not computed yet) on a Scale, with
+    what its axes are; drawn in the terminal and, the same way, in the PNG export."""
+
+    title: str
+    values: np.ndarray
+    scale: Scale
+    rows: str = ""                         # what a row is, e.g. "unit"
+    cols: str = ""                         # what a column is, e.g. "token"
+    col_labels: "list[str] | None" = None  # e.g. the tokens
+    first_col: int = 0                     # the index of column 0 (a window of tokens)
+    mark: "tuple[int, int] | None" = None
+
+    def block(self) -> Block:
+        v = np.asarray(self.values, np.float32)
+        return half_block_heatmap(v, self.scale, hidden=np.isnan(v), mark=self.mark)
 
 
 def number_grid(values: np.ndarray, fmt: str = "{:7.3f}", scale: float | None = None,

@@ -1,8 +1,15 @@
-"""One renderer per trace event kind. Each takes the event and the Trace and returns a rich
-renderable; every number shown is a field of an event (nothing is recomputed here)."""
+"""One view per trace event kind, looked up in `VIEWS`.
+
+A view takes a `ViewContext` (the replay model, the event, Keras's output of the layer, the width)
+and returns what the screen shows: the equation of the selected element first (so it is never
+below the fold), then the pictures. Every number is a field of an event, formatted by
+`views.formulas`; nothing is recomputed here. `heatmaps` gives the pictures as data, for the
+terminal and for the PNG export alike.
+"""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 from rich import box
@@ -10,115 +17,265 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from nntrace.views.render import bar, half_block_heatmap, half_block_image, heat, number_grid, side_by_side, stack
+from nntrace.views.formulas import applied, factor, num, plain, symbol, terms
+from nntrace.views.render import (Heatmap, Scale, bar, half_block_heatmap, half_block_image, number_grid,
+                                  side_by_side, stack)
+from nntrace.views.replay import RECURRENT, Replay, token_label
+
+
+@dataclass
+class ViewContext:
+    replay: Replay
+    event: Any                       # the current event (None: a layer without steps)
+    keras: np.ndarray | None = None  # Keras's output of this layer for the sample, when shown
+    width: int = 100                 # columns available
+    keras_diff: float | None = None  # max |scratch − Keras| of the layer, when known
+
+    @property
+    def trace(self):
+        return self.replay.trace
+
+
+def fit(blocks: list, width: int, gap: int = 3):
+    """Side by side when they fit in `width` columns, else one under the other."""
+    row = side_by_side(blocks, gap=gap)
+    return row if row.width <= width else stack(*blocks)
+
+
+def keras_note(text: Text, ctx: ViewContext, index: tuple) -> None:
+    if ctx.keras is not None:
+        text.append(f"   Keras: {num(float(ctx.keras[index]))}", style="italic")
+
+
+def legends(maps: list[Heatmap]) -> Text:
+    """One line per distinct scale: which pictures use it and its numbers."""
+    seen: dict[Scale, list[str]] = {}
+    for m in maps:
+        seen.setdefault(m.scale, []).append(m.title)
+    text = Text()
+    for k, (scale, titles) in enumerate(seen.items()):
+        text.append(("\n" if k else "") + f"colours of {', '.join(titles)}: ", style="dim")
+        text.append_text(scale.legend())
+    return text
+
+
+def activation_line(activation: str, z: float, value: float) -> Text:
+    """`out = relu(z) = relu(+0.0890) = +0.0890` (or `out = z = …` when linear)."""
+    text = Text(f"out = {applied(activation, 'z')} = ")
+    if symbol(activation):
+        text.append(f"{applied(activation, num(z))} = ")
+    text.append(num(value), style="bold reverse")
+    return text
 
 
 def layer_input(trace, layer: str) -> np.ndarray | None:
-    """The output of the layer before `layer` (its input), or the model input, from LayerEnd events."""
+    """The output of the layer before `layer` (its input), from LayerEnd events."""
     names = [n for n, _ in trace.layers]
     i = names.index(layer)
-    if i == 0:
-        return None
-    return trace.output(names[i - 1])
+    return None if i == 0 else trace.output(names[i - 1])
 
 
-def conv_view(e, trace, seen: np.ndarray | None, keras_out: np.ndarray | None) -> Group:
-    kh, kw, cin = e.patch.shape
-    source = layer_input(trace, e.layer)
-    title = Text(f"{e.layer}  filter {e.filter}  output row {e.row}, column {e.col}", style="bold")
-    pictures, captions = [], []
-    if source is not None and source.ndim == 3:
-        if source.shape[-1] == 3 and cin == 3:  # an RGB image: stretch to 0–255 for display only
-            lo, hi = float(source.min()), float(source.max())
-            pictures.append(half_block_image((source - lo) / max(hi - lo, 1e-6) * 255,
-                                             (e.origin[0], e.origin[1], kh, kw)))
-            captions.append(Text("input, patch highlighted", style="dim"))
-        else:
-            ch = int(np.argmax(np.abs(e.products).sum(axis=(0, 1))))
-            pictures.append(half_block_heatmap(source[..., ch], mark=(max(e.origin[0], 0), max(e.origin[1], 0))))
-            captions.append(Text(f"input channel {ch} (contributes most)", style="dim"))
+# -- convolution ---------------------------------------------------------------------------------
+def conv_heatmaps(ctx: ViewContext) -> list[Heatmap]:
+    e = ctx.event
+    seen = ctx.replay.feature_map_so_far()
+    maps = [Heatmap(f"patch ch{ch}", e.patch[..., ch], Scale.signed(e.patch), "row", "col")
+            for ch in range(min(e.patch.shape[-1], 1))]
+    maps.append(Heatmap("kernel ch0", e.kernel[..., 0], Scale.signed(e.kernel), "row", "col"))
+    maps.append(Heatmap("products ch0", e.products[..., 0], Scale.signed(e.products), "row", "col"))
     if seen is not None:
-        pictures.append(half_block_heatmap(seen, mark=(e.row, e.col), hidden=np.isnan(seen)))
-        captions.append(Text(f"filter {e.filter}'s feature map so far", style="dim"))
-    top = side_by_side([stack(c, p) for c, p in zip(captions, pictures)]) if pictures else Text()
+        maps.append(Heatmap(f"filter {e.filter} so far", seen, Scale.signed(ctx.trace.output(e.layer)[..., e.filter]),
+                            "row", "col", mark=(e.row, e.col)))
+    return maps
+
+
+def conv_view(ctx: ViewContext) -> Group:
+    e = ctx.event
+    kh, kw, cin = e.patch.shape
+    title = Text(f"{e.layer}: filter {e.filter} at output row {e.row}, col {e.col}", style="bold")
+    sums = e.channel_totals
+    equation = Text()
+    if cin <= 4:
+        names = " + ".join(f"ch{ch}" for ch in range(cin))
+        equation.append(f"Σ products = {names} = {terms(sums)} = {num(e.total)}\n")
+    else:
+        equation.append(f"Σ products = the sum of the {cin} channel sums listed below = {num(e.total)}\n")
+    equation.append(f"z = Σ products + bias = {terms((e.total, e.bias))} = {num(e.pre_activation)}\n")
+    equation.append(activation_line(e.activation, e.pre_activation, e.value))
+    keras_note(equation, ctx, (e.row, e.col, e.filter))
+    parts: list = [title, equation]
+    if cin > 4:
+        per_row = max(1, (ctx.width - 2) // 14)
+        lines = Text("channel sums: ", style="dim")
+        for ch, value in enumerate(sums):
+            lines.append(f"{'' if ch % per_row else chr(10)}ch{ch} {num(value)}  ")
+        parts.append(lines)
     rows = []
     for ch in range(min(cin, 3)):
-        labels = [f"patch ch{ch}", f"× kernel ch{ch}", f"= products ch{ch}"]
-        rows.append(side_by_side([stack(Text(label, style="dim"), grid) for label, grid in zip(labels, [
-            number_grid(e.patch[..., ch], "{:+.3f}", special=e.padding), number_grid(e.kernel[..., ch], "{:+.3f}"),
-            number_grid(e.products[..., ch], "{:+.3f}")])]))
-    grids = stack(*rows) if rows else Text()
-    more = Text(f"channels 0–{min(cin, 3) - 1} of {cin} shown; the sum runs over all {cin}\n" if cin > 3 else "",
-                style="dim")
-    formula = Text()
-    formula.append(f"sum of {e.products.size} products = {e.total:+.5f}\n")
-    formula.append(f"+ bias {e.bias:+.5f} = pre-activation {e.pre_activation:+.5f} → activation → ")
-    formula.append(f"{e.value:+.5f}", style="bold reverse")
-    if keras_out is not None:
-        formula.append(f"   Keras: {float(keras_out[e.row, e.col, e.filter]):+.5f}", style="italic")
-    return Group(title, top, grids, more, formula)
+        grids = [stack(Text(label, style="dim"), grid) for label, grid in zip(
+            [f"patch ch{ch}", f"× kernel ch{ch}", f"= products ch{ch}"],
+            [number_grid(e.patch[..., ch], "{:+.3f}", special=e.padding), number_grid(e.kernel[..., ch], "{:+.3f}"),
+             number_grid(e.products[..., ch], "{:+.3f}")])]
+        rows.append(fit(grids, ctx.width))
+        rows.append(Text(f"ch{ch}: Σ of these {kh * kw} products = {num(sums[ch])}", style="dim"))
+    if cin > 3:
+        rows.append(Text(f"channels 0–2 of {cin} shown; every channel's sum is listed above", style="dim"))
+    parts.append(stack(*rows))
+    parts.append(Text(f"padding cells (dim) hold 0" if e.padding.any() else "", style="dim"))
+    parts.append(pictures(ctx, e))
+    return Group(*parts)
 
 
-def pool_view(e, trace, keras_out: np.ndarray | None) -> Group:
-    text = Text(f"{e.layer}  channel {e.channel}  output row {e.row}, column {e.col}  ({e.mode} pooling)\n",
-                style="bold")
-    grid = number_grid(e.window, special=~e.real)
+def pictures(ctx: ViewContext, e) -> Any:
+    """The layer's input with the patch outlined, and the feature map so far with its scale."""
+    kh, kw, cin = e.patch.shape
+    source = layer_input(ctx.trace, e.layer)
+    blocks = []
+    if source is not None and source.ndim == 3 and source.shape[-1] == 3 and cin == 3:
+        lo, hi = float(source.min()), float(source.max())  # stretched to 0–255 for display only
+        blocks.append(stack(Text("input, patch outlined", style="dim"), half_block_image(
+            (source - lo) / max(hi - lo, 1e-6) * 255, (e.origin[0], e.origin[1], kh, kw))))
+    seen = ctx.replay.feature_map_so_far()
+    if seen is not None:
+        scale = Scale.signed(ctx.trace.output(e.layer)[..., e.filter])
+        blocks.append(stack(Text(f"filter {e.filter}'s map so far", style="dim"),
+                            half_block_heatmap(seen, scale, hidden=np.isnan(seen), mark=(e.row, e.col)),
+                            scale.legend(10)))
+    return fit(blocks, ctx.width) if blocks else Text()
+
+
+# -- pooling ------------------------------------------------------------------------------------
+def pool_heatmaps(ctx: ViewContext) -> list[Heatmap]:
+    e = ctx.event
+    maps = [Heatmap("window", e.window, Scale.signed(e.window), "row", "col",
+                    mark=None if e.winner is None else tuple(e.winner))]
+    seen = ctx.replay.feature_map_so_far()
+    if seen is not None:
+        maps.append(Heatmap(f"channel {e.channel} so far", seen,
+                            Scale.signed(ctx.trace.output(e.layer)[..., e.channel]), "row", "col",
+                            mark=(e.row, e.col)))
+    return maps
+
+
+def pool_view(ctx: ViewContext) -> Group:
+    e = ctx.event
+    ph, pw = e.window.shape
+    text = Text(f"{e.layer}: channel {e.channel} at output row {e.row}, col {e.col} "
+                f"({e.mode} pooling, {ph}×{pw} window)\n", style="bold")
+    real = [float(v) for v, ok in zip(e.window.reshape(-1), e.real.reshape(-1)) if ok]
     if e.winner is not None:
-        text.append(f"winner at window cell {tuple(e.winner)}: ")
+        text.append(f"max({', '.join(num(v) for v in real)}) = ")
     else:
-        text.append(f"mean of {int(e.real.sum())} real cells: ")
-    text.append(f"{e.value:+.5f}", style="bold reverse")
-    if keras_out is not None:
-        text.append(f"   Keras: {float(keras_out[e.row, e.col, e.channel]):+.5f}", style="italic")
-    return Group(text, Text("window:", style="dim"), grid)
+        text.append(f"({terms(real)}) / {len(real)} = ")
+    text.append(num(e.value), style="bold reverse")
+    keras_note(text, ctx, (e.row, e.col, e.channel))
+    if e.winner is not None:
+        text.append(f"\nthe winner sits at window cell (row {e.winner[0]}, col {e.winner[1]})", style="dim")
+    if not e.real.all():
+        text.append(f"\n{int((~e.real).sum())} window cells are padding (pad) and take no part", style="dim")
+    seen = ctx.replay.feature_map_so_far()
+    blocks = [stack(Text("window:", style="dim"), number_grid(e.window, "{:+.4f}", special=~e.real))]
+    if seen is not None:
+        scale = Scale.signed(ctx.trace.output(e.layer)[..., e.channel])
+        blocks.append(stack(Text(f"channel {e.channel}'s map so far", style="dim"),
+                            half_block_heatmap(seen, scale, hidden=np.isnan(seen), mark=(e.row, e.col)),
+                            scale.legend(10)))
+    return Group(text, fit(blocks, ctx.width))
 
 
-def dense_view(e, trace, keras_out: np.ndarray | None) -> Group:
-    table = Table(title=f"{e.layer}  unit {e.unit}: largest contributions x·w", title_justify="left")
+# -- dense and softmax ----------------------------------------------------------------------------
+def dense_heatmaps(ctx: ViewContext) -> list[Heatmap]:
+    e = ctx.event
+    return [Heatmap("largest x·w", e.contributions[None, :], Scale.signed(e.contributions), "", "input",
+                    col_labels=[str(int(i)) for i in e.inputs])]
+
+
+def dense_view(ctx: ViewContext) -> Group:
+    e = ctx.event
+    k = len(e.contributions)
+    title = Text(f"{e.layer}: unit {e.unit} ({e.activation})", style="bold")
+    top_sum = float(np.sum(e.contributions, dtype=np.float64))
+    eq = Text()
+    eq.append(f"Σ x·w = the top {k} + the other {e.n_inputs - k} = {terms((top_sum, e.rest))} = {num(e.total)}\n")
+    eq.append(f"z = Σ x·w + bias = {terms((e.total, e.bias))} = {num(e.pre_activation)}\n")
+    if e.activation == "softmax":
+        eq.append("z is this unit's logit: the softmax step (the layer's last step) turns the logits into "
+                  "probabilities", style="dim")
+    else:
+        eq.append(activation_line(e.activation, e.pre_activation, e.value))
+        keras_note(eq, ctx, (e.unit,))
+    table = Table(title=f"the {k} largest |x·w| of {e.n_inputs}", title_justify="left", box=box.SIMPLE_HEAD,
+                  padding=(0, 1))
     table.add_column("input #", justify="right")
     table.add_column("x·w", justify="right")
+    scale = Scale.signed(e.contributions)
     for idx, contribution in zip(e.inputs, e.contributions):
-        table.add_row(str(int(idx)), Text(f"{contribution:+.5f}", style=heat(float(contribution),
-                                                                          float(np.abs(e.contributions).max()))))
-    text = Text(f"sum over all inputs {e.total:+.5f} + bias {e.bias:+.5f} = {e.pre_activation:+.5f}"
-                f" → {e.activation} → ")
-    text.append(f"{e.value:+.5f}", style="bold reverse")
-    if keras_out is not None:
-        text.append(f"   Keras: {float(keras_out[e.unit]):+.5f}", style="italic")
-    return Group(table, text)
+        table.add_row(str(int(idx)), Text(num(contribution), style=scale.colour(float(contribution))))
+    return Group(title, eq, table, Text(f"Σ of the {k} above = {num(top_sum)}", style="dim"))
 
 
-def softmax_view(e, trace, keras_out: np.ndarray | None) -> Group:
-    labels = trace.context.get("labels") or [str(i) for i in range(len(e.probabilities))]
-    table = Table(title=f"{e.layer}: softmax", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
-    for col in ("class", "logit", "exp(z−max)", "prob", "", "Keras"):
-        table.add_column(col, justify="right" if col not in ("class", "") else "left", no_wrap=True)
+def class_labels(trace, n: int) -> list[str]:
+    labels = trace.context.get("labels") or []
+    return [str(labels[i]) if i < len(labels) else str(i) for i in range(n)]
+
+
+def softmax_heatmaps(ctx: ViewContext) -> list[Heatmap]:
+    e = ctx.event
+    return [Heatmap("probability", e.probabilities[None, :], Scale.gate(), "", "class",
+                    col_labels=class_labels(ctx.trace, len(e.probabilities)), mark=(0, ctx.replay.unit))]
+
+
+def softmax_view(ctx: ViewContext) -> Group:
+    e = ctx.event
+    labels = class_labels(ctx.trace, len(e.probabilities))
+    k = ctx.replay.unit
     best = int(np.argmax(e.probabilities))
+    z_max = float(np.max(e.logits))
+    eq = Text(f"{e.layer}: softmax over {len(labels)} classes; class {k} '{labels[k]}' selected (↑/↓)\n", style="bold")
+    eq.append(f"p = exp(z − z_max) / Σ exp = exp({terms((e.logits[k], -z_max))}) / {plain(e.total)} = "
+              f"{plain(e.exps[k])} / {plain(e.total)} = ")
+    eq.append(plain(e.probabilities[k]), style="bold reverse")
+    keras_note(eq, ctx, (k,))
+    eq.append(f"\nΣ exp = {terms(e.exps)} = {plain(e.total)}" if len(labels) <= 4 else
+              f"\nΣ exp (the column below) = {plain(e.total)}")
+    eq.append(f"\nthe prediction: class {best} '{labels[best]}'", style="dim")
+    narrow = ctx.width < 70
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
+    columns = ["class", "logit z", "exp(z − z_max)", "p"] + ([] if narrow else [""]) + ["Keras"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("class", "") else "right", no_wrap=True)
     for i, label in enumerate(labels):
-        style = "bold" if i == best else ""
-        table.add_row(Text(label, style=style), f"{e.logits[i]:+.4f}", f"{e.exps[i]:.4f}",
-                      Text(f"{e.probabilities[i]:.4f}", style=style), bar(float(e.probabilities[i]), 16),
-                      "…" if keras_out is None else f"{float(keras_out[i]):.4f}")
-    return Group(table, Text(f"sum of exps = {e.total:.4f}; probability = exp / sum", style="dim"))
+        style = "reverse" if i == k else ("bold" if i == best else "")
+        row = [Text(f"{i} {label}"[:14], style=style), num(e.logits[i]), plain(e.exps[i]),
+               Text(plain(e.probabilities[i]), style=style)]
+        row += [] if narrow else [bar(float(e.probabilities[i]), 12)]
+        row.append("…" if ctx.keras is None else plain(float(ctx.keras[i])))
+        table.add_row(*row)
+    return Group(eq, table)
 
 
-def embedding_view(e, trace, keras_out: np.ndarray | None) -> Group:
-    tag = " (padding)" if e.padding else " (out of vocabulary → [UNK])" if e.oov else ""
-    text = Text(f"{e.layer}  position {e.position}: token ")
-    text.append(repr(e.token) if e.token is not None else "?", style="bold")
-    text.append(f" → id {e.token_id}{tag}\n")
-    return Group(text, Text("vector:", style="dim"), number_grid(e.vector[None, :16]),
-                 Text(f"({len(e.vector)} values; first 16 shown)", style="dim"))
+# -- text ---------------------------------------------------------------------------------------
+def embedding_view(ctx: ViewContext) -> Group:
+    e = ctx.event
+    tag = " (padding, masked)" if e.padding else " (out of vocabulary: read as [UNK])" if e.oov else ""
+    text = Text(f"{e.layer}: position {e.position}, token ", style="bold")
+    text.append("[pad]" if e.padding or e.token is None else repr(e.token))
+    text.append(f" → row {e.token_id} of the embedding table{tag}\n")
+    shown = min(len(e.vector), 16 if ctx.width >= 100 else 8)
+    return Group(text, Text(f"the vector (elements 0–{shown - 1} of {len(e.vector)}):", style="dim"),
+                 number_grid(e.vector[None, :shown], "{:+.4f}"))
 
 
-def dropout_view(e, trace, keras_out) -> Text:
-    return Text(f"{e.layer}: dropout with rate {e.rate} is the identity at inference — "
+def dropout_view(ctx: ViewContext) -> Text:
+    e = ctx.event
+    return Text(f"{e.layer}: dropout with rate {e.rate} is the identity at inference: "
                 "the output equals the input. In training it would zero each value with probability "
                 f"{e.rate} and scale the rest by 1/(1−{e.rate}).")
 
 
-def flatten_view(e, trace, keras_out) -> Text:
-    h, w, c = e.input_shape if len(e.input_shape) == 3 else (*e.input_shape, 1, 1)[:3]
+def flatten_view(ctx: ViewContext) -> Text:
+    e = ctx.event
+    c = e.input_shape[-1] if len(e.input_shape) == 3 else 1
     text = Text(f"{e.layer}: {e.input_shape} → {len(e.sources)} values, row by row, channels last.\n")
     for k in (0, 1, c - 1 if c > 1 else 1, c, len(e.sources) - 1):
         if 0 <= k < len(e.sources):
@@ -126,87 +283,232 @@ def flatten_view(e, trace, keras_out) -> Text:
     return text
 
 
-def token_ids(trace) -> np.ndarray | None:
-    """The token ids of the traced sentence (the TextVectorization layer's recorded output)."""
-    first, cls = trace.layers[0]
-    return trace.output(first).reshape(-1) if cls == "TextVectorization" else None
+# -- recurrent ----------------------------------------------------------------------------------
+GATES = ("i", "f", "g", "o")
 
 
-def recurrent_view(events: list, index: int, trace, width: int = 72) -> Group:
-    """Tokens across the top; per direction the gates (LSTM) or parts (SimpleRNN) and h as
-    units × tokens heatmaps up to the current step, for a window of tokens that fits `width`
-    columns; masked steps marked."""
-    current = events[index]
-    tokens = trace.context.get("tokens")
-    direction = current.direction
-    sweep = [e for e in events if getattr(e, "direction", None) == direction]
-    shown = [e for e in sweep if e.step <= current.step]
-    n_time = max(e.time for e in sweep) + 1
-    kind = "LSTM" if current.kind == "lstm_step" else "SimpleRNN"
-    names = ("i", "f", "g", "o", "c", "h") if kind == "LSTM" else ("x_part", "h_part", "pre_activation", "h")
-    span = max(3, min(n_time, width // len(names) - 2))  # token columns that fit beside each other
-    start = max(0, min(current.time - span + 2, n_time - span))
-    window = range(start, start + span)
-    ids = token_ids(trace)
-    header = Text("… " if start > 0 else "")
-    for t in window:
-        tok = tokens[t] if tokens and t < len(tokens) else str(t)
-        masked = next((e.masked for e in sweep if e.time == t), False)
-        oov = ids is not None and t < len(ids) and ids[t] == trace.context.get("oov_id")
-        style = "reverse bold" if t == current.time else ("dim strike" if masked else "bold red" if oov else "")
-        header.append((tok or "·pad·") + ("?" if oov else ""), style=style)
-        header.append(" ")
-    if start + span < n_time:
-        header.append(f"… ({n_time} positions)", style="dim")
-    columns = []
+def token_window(ctx: ViewContext, n_time: int, columns: int) -> range:
+    e = ctx.event
+    span = max(3, min(n_time, columns))
+    start = max(0, min(e.time - span + 2, n_time - span))
+    return range(start, start + span)
+
+
+def recurrent_heatmaps(ctx: ViewContext, columns: int | None = None) -> list[Heatmap]:
+    """Units × tokens for each quantity of the current sweep, up to the current step."""
+    e = ctx.event
+    sweep = ctx.replay.sweep()
+    n_time = max(ev.time for ev in sweep) + 1
+    lstm = e.kind == "lstm_step"
+    names = ("i", "f", "g", "o", "c", "h") if lstm else ("x_part", "h_part", "pre_activation", "h")
+    window = token_window(ctx, n_time, columns or n_time)
+    shown = [ev for ev in sweep if ev.step <= e.step and ev.time in window]
+    units = len(e.h)
+    maps = []
     for name in names:
-        grid = np.full((len(getattr(current, name)), span), np.nan, np.float32)
-        for e in shown:
-            if start <= e.time < start + span:
-                grid[:, e.time - start] = getattr(e, name)
-        columns.append(stack(Text(name, style="bold"), half_block_heatmap(
-            grid, scale=1.0 if name in ("i", "f", "o", "g", "h") else None, hidden=np.isnan(grid))))
-    maps = side_by_side(columns, gap=2)
-    status = Text(f"{kind} {direction} sweep, step {current.step} reads token #{current.time}: ")
-    status.append(repr(tokens[current.time]) if tokens and current.time < len(tokens) else "")
-    if current.masked:
-        status.append("  — masked (padding): states carried over unchanged", style="bold yellow")
-    detail = Text()
-    u = int(np.argmax(np.abs(current.h)))
-    if kind == "LSTM":
-        detail.append(f"unit {u}: c = f·c_prev + i·g = {current.f[u]:.3f}·{current.c_prev[u]:+.3f} + "
-                      f"{current.i[u]:.3f}·{current.g[u]:+.3f} = {current.c[u]:+.4f};  "
-                      f"h = o·tanh(c) = {current.o[u]:.3f}·tanh({current.c[u]:+.3f}) = {current.h[u]:+.4f}")
+        grid = np.full((units, len(window)), np.nan, np.float32)
+        for ev in shown:
+            value = getattr(ev, name)
+            if value is not None:  # a masked step has no gates
+                grid[:, ev.time - window.start] = value
+        if name in ("i", "f", "o") and ev_activation(e) == "sigmoid":
+            scale = Scale.gate()
+        elif name in ("g", "h") and e.activation == "tanh":
+            scale = Scale(-1.0, 1.0)
+        else:
+            scale = Scale.signed(grid)
+        label = {"x_part": "x·W", "h_part": "h_prev·U", "pre_activation": "sum"}.get(name, name)
+        maps.append(Heatmap(label, grid, scale, "unit", "token",
+                            col_labels=[token_text(ctx.trace, t) for t in window], first_col=window.start,
+                            mark=(ctx.replay.unit, e.time - window.start)))
+    return maps
+
+
+def ev_activation(e) -> str:
+    return getattr(e, "recurrent_activation", "sigmoid")
+
+
+def token_text(trace, time: int) -> str:
+    label = token_label(trace, time)
+    return label.strip("'")
+
+
+def step_equations(ctx: ViewContext) -> Text:
+    """The selected unit's equations at this step, from the event's fields."""
+    e, u = ctx.event, ctx.replay.unit
+    text = Text()
+    if e.masked:
+        text.append(f"token {e.time} {token_label(ctx.trace, e.time)} is masked (padding): this step did not "
+                    "happen, so the states carry over unchanged.\n", style="bold yellow")
+        if e.kind == "lstm_step":
+            text.append(f"c = c_prev = {num(e.c[u])}\n")
+        text.append(f"h = h_prev = {num(e.h[u])}")
+        return text
+    full = ctx.width >= 100  # the symbolic form too, when the line fits
+    if e.kind == "lstm_step":
+        if not full:
+            text.append(f"each gate = {symbol(e.recurrent_activation)}(x·W + h_prev·U + b); "
+                        f"g uses {symbol(e.activation)}\n", style="dim")
+        for row, gate in enumerate(GATES):
+            act = e.activation if gate == "g" else e.recurrent_activation
+            parts = (e.x_part[row, u], e.h_part[row, u], e.bias[row, u])
+            symbolic = f"{applied(act, f'x·W_{gate} + h_prev·U_{gate} + b_{gate}')} = " if full else ""
+            text.append(f"{gate} = {symbolic}{applied(act, terms(parts))} = "
+                        f"{applied(act, num(e.pre_activation[row, u]))} = ")
+            value = getattr(e, gate)[u]
+            text.append(f"{num(value) if gate == 'g' else plain(value)}\n", style="bold")
+        text.append(f"c = f·c_prev + i·g = {factor(e.f[u])}·{factor(e.c_prev[u])} + {factor(e.i[u])}·{factor(e.g[u])}"
+                    f" = ")
+        text.append(f"{num(e.c[u])}\n", style="bold")
+        text.append(f"h = o·{applied(e.activation, 'c')} = {factor(e.o[u])}·{applied(e.activation, num(e.c[u]))} = ")
+        text.append(num(e.h[u]), style="bold reverse")
     else:
-        detail.append(f"unit {u}: x·W {current.x_part[u]:+.3f} + h_prev·U {current.h_part[u]:+.3f} + bias "
-                      f"{current.bias[u]:+.3f} = {current.pre_activation[u]:+.4f} → tanh → {current.h[u]:+.4f}")
-    legend = Text(f"units (down) × tokens {start}–{start + span - 1} (across); dark = not yet read; "
-                  "red? = out of vocabulary", style="dim")
-    return Group(header, status, detail, legend, maps)
+        symbolic = f"{applied(e.activation, 'x·W + h_prev·U + b')} = " if full else ""
+        text.append(f"h = {symbolic}{applied(e.activation, terms((e.x_part[u], e.h_part[u], e.bias[u])))} = "
+                    f"{applied(e.activation, num(e.pre_activation[u]))} = ")
+        text.append(num(e.h[u]), style="bold reverse")
+    return text
 
 
-def merge_view(e, trace, keras_out) -> Group:
-    text = Text(f"{e.layer}: merge '{e.merge_mode}' of the forward sweep (after the last real token) and the "
-                "backward sweep (after reading token 0)\n")
+def recurrent_view(ctx: ViewContext) -> Group:
+    e = ctx.event
+    sweep = ctx.replay.sweep()
+    n_time = max(ev.time for ev in sweep) + 1
+    lstm = e.kind == "lstm_step"
+    n_maps = 6 if lstm else 4
+    columns = max(3, (ctx.width - 2) // n_maps - 2)
+    kind = "LSTM" if lstm else "SimpleRNN"
+    head = Text(f"{e.layer}: {kind} {e.direction} sweep, token {e.time} {token_label(ctx.trace, e.time)}, "
+                f"unit {ctx.replay.unit} of 0–{len(e.h) - 1}\n", style="bold")
+    maps = recurrent_heatmaps(ctx, columns)
+    window = range(maps[0].first_col, maps[0].first_col + maps[0].values.shape[1])
+    tokens = Text("tokens: " + ("… " if window.start > 0 else ""), style="dim")
+    ids = ctx.replay.token_ids()
+    oov_id = ctx.trace.context.get("oov_id")
+    for t in window:
+        oov = ids is not None and t < len(ids) and oov_id is not None and ids[t] == oov_id
+        style = "reverse bold" if t == e.time else ""
+        tokens.append(f"{t}:{token_text(ctx.trace, t)}{'*' if oov else ''}", style=style)
+        tokens.append(" ")
+    if window.stop < n_time:
+        tokens.append("…", style="dim")
+    if ids is not None and oov_id is not None and any(t < len(ids) and ids[t] == oov_id for t in window):
+        tokens.append("  (* not in the vocabulary: read as [UNK])", style="dim")
+    pictures = side_by_side([stack(Text(m.title, style="bold"), m.block()) for m in maps], gap=2)
+    axes = Text(f"rows: units 0–{len(e.h) - 1} (white: the selected unit at this token); columns: token "
+                f"positions {window.start}–{window.stop - 1}; dark: not read yet or masked", style="dim")
+    return Group(head, step_equations(ctx), Text(), tokens, legends(maps), pictures, axes)
+
+
+# -- bidirectional merge --------------------------------------------------------------------------
+def merge_heatmaps(ctx: ViewContext) -> list[Heatmap]:
+    e = ctx.event
     rows = [("forward", e.forward), ("backward", e.backward)] + ([("merged", e.merged)] if e.merged is not None else [])
+    return [Heatmap(name, np.atleast_2d(v), Scale.signed(np.concatenate([np.ravel(x) for _, x in rows])),
+                    "position" if np.ndim(v) == 2 else "", "unit") for name, v in rows]
+
+
+def merge_view(ctx: ViewContext) -> Group:
+    e = ctx.event
+    u = ctx.replay.unit
+    fwd, bwd = np.atleast_2d(e.forward)[-1], np.atleast_2d(e.backward)[-1]
+    n = len(fwd)
+    text = Text(f"{e.layer}: merge '{e.merge_mode}' of the forward sweep and the backward sweep\n", style="bold")
+    where = " at the last position" if np.ndim(e.forward) == 2 else ""
+    merged = None if e.merged is None else np.atleast_2d(e.merged)[-1]
+    mode = e.merge_mode
+    if merged is None:
+        text.append(f"merge_mode None: both halves are passed on as a pair{where}")
+    elif mode == "concat":
+        half = "forward" if u < n else "backward"
+        text.append(f"merged[{u}] = {half}[{u if u < n else u - n}] = ")
+        text.append(num(merged[u]), style="bold reverse")
+        text.append(f"\nconcat: units 0–{n - 1} are the forward sweep's, {n}–{2 * n - 1} the backward sweep's{where}",
+                    style="dim")
+    else:
+        op = {"sum": f"{num(fwd[u])} + {num(bwd[u])}", "mul": f"{factor(fwd[u])}·{factor(bwd[u])}",
+              "ave": f"({num(fwd[u])} + {num(bwd[u])}) / 2"}[mode]
+        text.append(f"merged[{u}] = {op} = ")
+        text.append(num(merged[u]), style="bold reverse")
+        text.append(f"   (unit {u}{where})", style="dim")
+    maps = merge_heatmaps(ctx)
     table = Table.grid(padding=(0, 1))
-    for name, vec in rows:
-        flat = np.asarray(vec).reshape(-1)
-        table.add_row(Text(f"{name} ({flat.size})", style="bold"), half_block_heatmap(flat[None, :64], scale=1.0))
-    return Group(text, table)
+    for m in maps:
+        table.add_row(Text(f"{m.title} ({m.values.shape[-1]})", style="bold"),
+                      half_block_heatmap(m.values[-1:, :min(m.values.shape[-1], max(ctx.width - 20, 16))], m.scale))
+    return Group(text, table, legends(maps[:1]))
 
 
-def summary_view(layer: str, layer_class: str, trace, keras_out: np.ndarray | None, diff: float | None) -> Group:
-    out = trace.output(layer)
-    text = Text(f"{layer} ({layer_class}) → output {tuple(out.shape)} for this input\n", style="bold")
-    text.append(f"min {float(np.min(out)):+.4f}  max {float(np.max(out)):+.4f}  mean {float(np.mean(out)):+.4f}\n")
-    if diff is not None:
-        text.append(f"max |scratch − Keras| = {diff:.2e}\n", style="italic")
+# -- a layer without steps ----------------------------------------------------------------------
+def input_picture(ctx: ViewContext) -> list:
+    """The model input in colour with its true label, when it is an image."""
+    x = ctx.trace.context.get("model_input")
+    if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[-1] not in (1, 3):
+        return []
+    pixels = x[0] if x.shape[-1] == 3 else np.repeat(x[0], 3, axis=-1)
+    labels = ctx.trace.context.get("labels") or []
+    true = ctx.trace.context.get("true_label")
+    caption = "the input picture" + (f", true label: {labels[true] if true < len(labels) else true}"
+                                     if true is not None else " (true label unknown)")
+    return [Text(caption, style="bold"), half_block_image(pixels)]
+
+
+def summary_view(ctx: ViewContext) -> Group:
+    name, cls = ctx.replay.layer
+    out = ctx.trace.output(name)
+    text = Text(f"{name} ({cls}) → output {tuple(out.shape)} for this input\n", style="bold")
+    text.append(f"min {num(np.min(out))}  max {num(np.max(out))}  mean {num(np.mean(out))}\n")
+    if ctx.keras_diff is not None:
+        text.append(f"max |scratch − Keras| over this layer: {ctx.keras_diff:.2e}\n", style="italic")
+    if not ctx.replay.has_steps():
+        text.append("this layer's steps were not recorded in this trace\n" if ctx.trace.model is None
+                    else "this layer has no step-by-step view: n or ] goes on\n", style="dim")
     parts: list[Any] = [text]
+    if ctx.replay.layer_index == 0:
+        parts += input_picture(ctx)
     if out.ndim == 3:
         ch = int(np.argmax(np.abs(out).mean(axis=(0, 1))))
-        parts += [Text(f"most active channel {ch}:", style="dim"), half_block_heatmap(out[..., ch])]
+        scale = Scale.signed(out[..., ch])
+        parts += [Text(f"most active channel {ch}:", style="dim"), half_block_heatmap(out[..., ch], scale),
+                  scale.legend(12)]
     elif out.ndim >= 1 and out.size:
         flat = out.reshape(out.shape[0], -1) if out.ndim == 2 else out.reshape(1, -1)
-        parts.append(half_block_heatmap(flat[:, :96]))
+        scale = Scale.signed(flat)
+        parts += [half_block_heatmap(flat[:, :max(ctx.width - 4, 16)], scale), scale.legend(12)]
     return Group(*parts)
+
+
+def summary_heatmaps(ctx: ViewContext) -> list[Heatmap]:
+    name, _ = ctx.replay.layer
+    out = ctx.trace.output(name)
+    if out.ndim == 3:
+        ch = int(np.argmax(np.abs(out).mean(axis=(0, 1))))
+        return [Heatmap(f"{name} channel {ch}", out[..., ch], Scale.signed(out[..., ch]), "row", "col")]
+    flat = np.atleast_2d(out.reshape(out.shape[0], -1) if out.ndim == 2 else out.reshape(1, -1))
+    return [Heatmap(f"{name} output", flat, Scale.signed(flat), "position" if out.ndim == 2 else "", "unit")]
+
+
+@dataclass(frozen=True)
+class View:
+    render: Callable[[ViewContext], Any]
+    heatmaps: Callable[[ViewContext], list[Heatmap]] = summary_heatmaps
+
+
+#: THE table: event kind → its view. A layer without steps shows `SUMMARY`.
+VIEWS: dict[str, View] = {
+    "conv_patch": View(conv_view, conv_heatmaps),
+    "pool_window": View(pool_view, pool_heatmaps),
+    "dense_neuron": View(dense_view, dense_heatmaps),
+    "softmax": View(softmax_view, softmax_heatmaps),
+    "embedding_lookup": View(embedding_view),
+    "rnn_step": View(recurrent_view, recurrent_heatmaps),
+    "lstm_step": View(recurrent_view, recurrent_heatmaps),
+    "bidirectional_merge": View(merge_view, merge_heatmaps),
+    "dropout": View(dropout_view),
+    "flatten_map": View(flatten_view),
+}
+SUMMARY = View(summary_view, summary_heatmaps)
+
+
+def view_for(event) -> View:
+    return SUMMARY if event is None else VIEWS.get(event.kind, SUMMARY)

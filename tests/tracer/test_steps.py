@@ -27,6 +27,9 @@ def test_every_conv_cell_equals_its_patch_event(padding, strides, activation):
         seen[e.row, e.col, e.filter] = e.value
         np.testing.assert_allclose(e.products, e.patch * e.kernel)
         np.testing.assert_allclose(e.total, e.products.sum(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(e.channel_totals, e.products.sum(axis=(0, 1)), rtol=1e-6, atol=1e-6)
+        assert e.channel_totals.shape == (3,) and e.channel_totals.sum() == pytest.approx(e.total, abs=1e-5)
+        assert e.activation == activation
         assert e.pre_activation == pytest.approx(e.total + e.bias, abs=1e-5)
         assert np.all(e.patch[e.padding] == 0)
     np.testing.assert_allclose(seen, out, rtol=1e-5, atol=1e-5)
@@ -69,6 +72,20 @@ def test_dense_neurons_and_softmax_recombine():
         assert n.pre_activation == pytest.approx(softmax.logits[n.unit], rel=1e-5, abs=1e-5)
         assert abs(n.contributions[0]) >= abs(n.contributions[-1])  # largest first
         assert n.total == pytest.approx(float(n.contributions.sum()), rel=1e-5, abs=1e-5)
+        assert n.rest == pytest.approx(0.0, abs=1e-5) and n.n_inputs == 12
+
+
+def test_dense_top_contributions_plus_the_rest_give_the_total():
+    layer = Dense("d", units=3, activation="relu")
+    layer.set_weights([rng.normal(size=(40, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)])
+    x = rng.normal(size=(1, 40)).astype(np.float32)
+    x1 = x[0]
+    for n in layer.steps(x, top=5):
+        full = x1 * layer.weights["kernel"][:, n.unit]
+        others = np.delete(full, n.inputs)
+        assert len(n.contributions) == 5 and n.n_inputs == 40
+        assert n.rest == pytest.approx(float(others.sum()), abs=1e-5)
+        assert float(n.contributions.sum()) + n.rest == pytest.approx(n.total, abs=1e-5)
 
 
 def test_flatten_map_points_at_the_source_cell():
@@ -110,11 +127,25 @@ def test_every_h_t_equals_the_layer_output(cls, go_backwards):
         np.testing.assert_allclose(e.h, out[e.step], rtol=1e-6, atol=1e-6)
         if e.masked:
             np.testing.assert_array_equal(e.h, e.h_prev)  # carried over
+            # a step that did not happen carries no fresh values
+            assert e.x_part is None and e.h_part is None and e.pre_activation is None and e.bias is None
+            if cls is LSTM:
+                np.testing.assert_array_equal(e.c, e.c_prev)
+                assert e.i is None and e.f is None and e.g is None and e.o is None
         elif cls is LSTM:
             np.testing.assert_allclose(e.c, e.f * e.c_prev + e.i * e.g, rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(e.h, e.o * np.tanh(e.c), rtol=1e-5, atol=1e-6)
+            assert e.x_part.shape == e.h_part.shape == e.bias.shape == e.pre_activation.shape == (4, 4)
+            np.testing.assert_allclose(e.pre_activation, e.x_part + e.h_part + e.bias, rtol=1e-5, atol=1e-6)
+            sigmoid = 1 / (1 + np.exp(-e.pre_activation))
+            for row, gate in enumerate((e.i, e.f, e.g, e.o)):
+                expected = np.tanh(e.pre_activation[row]) if row == 2 else sigmoid[row]
+                np.testing.assert_allclose(gate, expected, rtol=1e-5, atol=1e-6)
+            assert (e.activation, e.recurrent_activation) == ("tanh", "sigmoid")
         else:
             np.testing.assert_allclose(e.h, np.tanh(e.x_part + e.h_part + e.bias), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(e.pre_activation, e.x_part + e.h_part + e.bias, rtol=1e-5, atol=1e-6)
+            assert e.activation == "tanh"
     assert [e.masked for e in events] == [not m for m in mask[0][[e.time for e in events]]]
 
 

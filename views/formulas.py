@@ -1,0 +1,48 @@
+"""Equations as text, formatted from an event's own numbers.
+
+Each function takes the numbers an event recorded and writes them in one fixed style, so that an
+equation on screen can be recomputed from what it prints: `a + b − c = d` sums its printed terms,
+`σ(s) = v` applies the named function to the printed `s`. Nothing here computes a layer's maths.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+DIGITS = 4  # decimals of every number in an equation
+
+#: How an activation reads in an equation; `linear` is the identity and is left out.
+SYMBOLS = {"sigmoid": "σ", "tanh": "tanh", "relu": "relu", "linear": ""}
+
+
+def num(value: float, digits: int = DIGITS) -> str:
+    """A signed number: `+0.4100`, `-0.1200`."""
+    return f"{float(value):+.{digits}f}"
+
+
+def plain(value: float, digits: int = DIGITS) -> str:
+    """An unsigned number for values ≥ 0 (gates, probabilities), signed when negative."""
+    return f"{float(value):.{digits}f}" if value >= 0 else num(value, digits)
+
+
+def terms(values: Iterable[float], digits: int = DIGITS) -> str:
+    """`+0.4100 − 0.1200 + 1.0000`: a sum written term by term (the operator minus is `−`)."""
+    out = ""
+    for k, v in enumerate(values):
+        text = num(v, digits)
+        out += text if k == 0 else f" {'+' if text[0] == '+' else '−'} {text[1:]}"
+    return out
+
+
+def symbol(activation: str) -> str:
+    return SYMBOLS.get(activation, activation)
+
+
+def applied(activation: str, argument: str) -> str:
+    """`σ(+1.2900)`, or the bare argument for a linear activation."""
+    name = symbol(activation)
+    return f"{name}({argument})" if name else argument
+
+
+def factor(value: float, digits: int = DIGITS) -> str:
+    """A factor in a product: negative numbers in parentheses, `0.7600·(-0.6830)`."""
+    return f"({num(value, digits)})" if value < 0 else plain(value, digits)

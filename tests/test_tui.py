@@ -188,3 +188,186 @@ def test_bad_input_before_the_app_starts(argv, message, tmp_path, capsys):
     argv = [str(path) if a == "MODEL" else a for a in argv]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def screen_text(app) -> str:
+    """The whole composed screen as the terminal shows it."""
+    return "\n".join("".join(seg.text for seg in strip) for strip in app.screen._compositor.render_strips())
+
+
+def tiny_lstm_app():
+    from tests.scratch_models import tiny_lstm
+    model = tiny_lstm()
+    return NNTraceApp(Session(trace(model, ["Enak sekali, tidak mahal"]), "test"), model)
+
+
+def tiny_cnn_app():
+    from tests.scratch_models import tiny_cnn
+    model = tiny_cnn()
+    x = (np.arange(8 * 8 * 3).reshape(1, 8, 8, 3) * 5 % 256).astype(np.float32)
+    t = trace(model, x)
+    t.context.update(model_input=x, true_label=2)
+    return NNTraceApp(Session(t, "a test pattern"), model)
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_cursor_to_a_unit_and_token_shows_its_gate_formulas(size):
+    app = tiny_lstm_app()
+
+    async def run():
+        async with app.run_test(size=size) as pilot:
+            await pilot.press("right_square_bracket", "right_square_bracket")
+            assert app.current_event().time == 0
+            await pilot.press("right", "right", "down", "down")  # token 2 ('tidak'), unit 2
+            await pilot.pause()
+            e = app.current_event()
+            assert (e.kind, e.direction, e.time, app.replay.unit) == ("lstm_step", "forward", 2, 2)
+            screen = screen_text(app)
+            assert "token 2 'tidak'" in screen and "unit 2" in screen
+            f_line = next(line[line.index("f = σ("):] for line in screen.splitlines() if "f = σ(" in line)
+            assert f_line.rstrip().endswith(f"= {e.f[2]:.4f}")
+            assert f"σ({num(e.pre_activation[1, 2])})" in f_line
+            assert f"c = f·c_prev + i·g = {e.f[2]:.4f}·" in screen
+            assert f"= {num(e.h[2])}" in screen
+            await pilot.press("right", "right")  # position 4 is padding
+            await pilot.pause()
+            screen = screen_text(app)
+            assert app.current_event().masked and "is masked (padding)" in screen
+            assert f"h = h_prev = {num(app.current_event().h[2])}" in screen and "σ(" not in screen
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_cursor_to_a_conv_cell_shows_its_sums(size):
+    app = tiny_cnn_app()
+
+    async def run():
+        async with app.run_test(size=size) as pilot:
+            await pilot.press("right_square_bracket", "j")
+            await pilot.press(*"2 5 1", "enter")
+            await pilot.press("down", "left", "greater_than_sign")
+            await pilot.pause()
+            e = app.current_event()
+            assert (e.row, e.col, e.filter) == (3, 4, 2)
+            screen = screen_text(app)
+            assert "filter 2 at output row 3, col 4" in screen
+            assert f"z = Σ products + bias = {num(e.total)} + {e.bias:.4f} = {num(e.pre_activation)}" in screen
+            assert f"relu({num(e.pre_activation)}) = {num(e.value)}" in screen
+
+    asyncio.run(run())
+
+
+def test_the_cnn_app_shows_the_input_picture_with_its_true_label():
+    app = tiny_cnn_app()
+
+    async def run():
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            assert "the input picture, true label: ship" in screen_text(app)
+
+    asyncio.run(run())
+
+
+def test_regression_jump_128_on_the_merge_step_and_unit_10_on_the_softmax():
+    """Both crashed the app with an AttributeError; now each is a one-line message."""
+    app = tiny_lstm_app()
+
+    async def run():
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("right_square_bracket", "right_square_bracket", "j", *"13", "enter")
+            assert app.current_event().kind == "bidirectional_merge"
+            await pilot.press("j", *"128", "enter")
+            await pilot.pause()
+            assert "step 128 is outside bidirectional_1: its steps are 1–13" in screen_text(app)
+            await pilot.press("j", *"token 1", "enter")
+            await pilot.pause()
+            assert "does not step through tokens" in screen_text(app)
+            await pilot.press("right_square_bracket", "n", "n", "n")
+            assert app.current_event().kind == "softmax"
+            await pilot.press("j", *"unit 10", "enter")
+            await pilot.pause()
+            assert "unit 10 is outside predictions: units are 0–2" in screen_text(app)
+            await pilot.press("j", *"-5", "enter")
+            await pilot.pause()
+            assert "step -5 is outside predictions" in screen_text(app)
+            assert app.is_running
+
+    asyncio.run(run())
+
+
+def test_an_unexpected_error_in_an_action_is_logged_and_shown(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNTRACE_STATE", str(tmp_path))
+    app = tiny_cnn_app()
+
+    def broken(*_):
+        raise RuntimeError("planted failure")
+
+    async def run():
+        async with app.run_test(size=(120, 40)) as pilot:
+            monkeypatch.setattr(app.replay, "move_step", broken)
+            await pilot.press("n")
+            await pilot.pause()
+            assert "unexpected error: planted failure" in screen_text(app) and app.is_running
+
+    asyncio.run(run())
+    log = (tmp_path / "nntrace.log").read_text()
+    assert "Traceback" in log and "RuntimeError: planted failure" in log
+
+
+def test_an_error_outside_the_guarded_actions_stops_the_app_non_zero(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNTRACE_STATE", str(tmp_path))
+    app = tiny_cnn_app()
+    monkeypatch.setattr(NNTraceApp, "action_help", lambda self: 1 / 0)
+
+    async def run():
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("question_mark")
+            await pilot.pause()
+
+    with pytest.raises(ZeroDivisionError):
+        asyncio.run(run())
+    assert app.return_code == 1
+    assert "ZeroDivisionError" in (tmp_path / "nntrace.log").read_text()
+
+
+def test_tensorflow_never_writes_on_the_screen(tmp_path):
+    """The real command in a pseudo-terminal, until Keras (TensorFlow) has loaded and compared."""
+    model = small_text_model()
+    model.save(tmp_path / "t.keras")
+    load_scratch(model).save_weights(tmp_path / "t.npz")
+    state = tmp_path / "state"
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(tmp_path)
+        env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # TensorFlow at its loudest
+        env.update(TERM="xterm-256color", COLUMNS="120", LINES="40", NNTRACE_STATE=str(state),
+                   TF_CPP_MIN_LOG_LEVEL="0")
+        os.execve(sys.executable, [sys.executable, "-m", "nntrace.cli", "lstm", "--model", str(tmp_path / "t.npz"),
+                                   "--text", "enak sekali"], env)
+    output = b""
+    deadline = time.time() + 120
+    while time.time() < deadline and b"every layer matches" not in output:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                output += os.read(fd, 65536)
+            except OSError:
+                break
+    os.write(fd, b"q")
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                output += os.read(fd, 65536)
+            except OSError:
+                pass
+    else:
+        os.kill(pid, 9)
+    assert b"every layer matches" in output, output[-800:]
+    for noise in (b"absl", b"oneDNN", b"tensorflow", b"I0000", b"WARNING"):
+        assert noise not in output
+    log = (state / "nntrace.log").read_text(errors="replace")
+    assert log.strip(), "TensorFlow's messages should be in the log"

@@ -18,8 +18,7 @@ def colormap(heatmap: Heatmap):
     from matplotlib.colors import LinearSegmentedColormap
 
     cmap = LinearSegmentedColormap.from_list(heatmap.scale.kind, heatmap.scale.stops())
-    cmap.set_bad((30 / 255, 30 / 255, 30 / 255))  # not computed yet, as on screen
-    return cmap
+    return cmap.with_extremes(bad=(30 / 255, 30 / 255, 30 / 255))  # not computed yet, as on screen
 
 
 def draw(ax, fig, heatmap: Heatmap) -> None:

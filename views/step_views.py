@@ -36,6 +36,12 @@ class ViewContext:
         return self.replay.trace
 
 
+def line(ctx: ViewContext, full: str, short: str, reserve: int = 0) -> str:
+    """An equation line: the full form when it fits the panel (with `reserve` columns still to
+    come), else the short one, so that an equation is never wrapped."""
+    return full if len(full) + reserve <= ctx.width else short
+
+
 def fit(blocks: list, width: int, gap: int = 3):
     """Side by side when they fit in `width` columns, else one under the other."""
     row = side_by_side(blocks, gap=gap)
@@ -97,7 +103,8 @@ def conv_view(ctx: ViewContext) -> Group:
     equation = Text()
     if cin <= 4:
         names = " + ".join(f"ch{ch}" for ch in range(cin))
-        equation.append(f"Σ products = {names} = {terms(sums)} = {num(e.total)}\n")
+        equation.append(line(ctx, f"Σ products = {names} = {terms(sums)} = {num(e.total)}",
+                             f"Σ products = {terms(sums)} = {num(e.total)}") + "\n")
     else:
         equation.append(f"Σ products = the sum of the {cin} channel sums listed below = {num(e.total)}\n")
     equation.append(f"z = Σ products + bias = {terms((e.total, e.bias))} = {num(e.pre_activation)}\n")
@@ -199,19 +206,18 @@ def dense_view(ctx: ViewContext) -> Group:
     eq.append(f"Σ x·w = the top {k} + the other {e.n_inputs - k} = {terms((top_sum, e.rest))} = {num(e.total)}\n")
     eq.append(f"z = Σ x·w + bias = {terms((e.total, e.bias))} = {num(e.pre_activation)}\n")
     if e.activation == "softmax":
-        eq.append("z is this unit's logit: the softmax step (the layer's last step) turns the logits into "
-                  "probabilities", style="dim")
+        eq.append("z is this unit's logit; the layer's last step (softmax) makes the probabilities", style="dim")
     else:
         eq.append(activation_line(e.activation, e.pre_activation, e.value))
         keras_note(eq, ctx, (e.unit,))
-    table = Table(title=f"the {k} largest |x·w| of {e.n_inputs}", title_justify="left", box=box.SIMPLE_HEAD,
-                  padding=(0, 1))
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
     table.add_column("input #", justify="right")
     table.add_column("x·w", justify="right")
     scale = Scale.signed(e.contributions)
     for idx, contribution in zip(e.inputs, e.contributions):
         table.add_row(str(int(idx)), Text(num(contribution), style=scale.colour(float(contribution))))
-    return Group(title, eq, table, Text(f"Σ of the {k} above = {num(top_sum)}", style="dim"))
+    return Group(title, eq, Text(f"\nthe {k} largest |x·w| of {e.n_inputs} inputs:", style="dim"), table,
+                 Text(f"Σ of the {k} above = {num(top_sum)}", style="dim"))
 
 
 def class_labels(trace, n: int) -> list[str]:
@@ -232,8 +238,8 @@ def softmax_view(ctx: ViewContext) -> Group:
     best = int(np.argmax(e.probabilities))
     z_max = float(np.max(e.logits))
     eq = Text(f"{e.layer}: softmax over {len(labels)} classes; class {k} '{labels[k]}' selected (↑/↓)\n", style="bold")
-    eq.append(f"p = exp(z − z_max) / Σ exp = exp({terms((e.logits[k], -z_max))}) / {plain(e.total)} = "
-              f"{plain(e.exps[k])} / {plain(e.total)} = ")
+    values = f"exp({terms((e.logits[k], -z_max))}) / {plain(e.total)} = {plain(e.exps[k])} / {plain(e.total)} = "
+    eq.append(line(ctx, f"p = exp(z − z_max) / Σ exp = {values}", f"p = {values}", 8))
     eq.append(plain(e.probabilities[k]), style="bold reverse")
     keras_note(eq, ctx, (k,))
     eq.append(f"\nΣ exp = {terms(e.exps)} = {plain(e.total)}" if len(labels) <= 4 else
@@ -344,28 +350,29 @@ def step_equations(ctx: ViewContext) -> Text:
             text.append(f"c = c_prev = {num(e.c[u])}\n")
         text.append(f"h = h_prev = {num(e.h[u])}")
         return text
-    full = ctx.width >= 100  # the symbolic form too, when the line fits
     if e.kind == "lstm_step":
+        gates = []
+        for row, gate in enumerate(GATES):
+            act = e.activation if gate == "g" else e.recurrent_activation
+            value = getattr(e, gate)[u]
+            numbers = (f"{applied(act, terms((e.x_part[row, u], e.h_part[row, u], e.bias[row, u])))} = "
+                       f"{applied(act, num(e.pre_activation[row, u]))} = {num(value) if gate == 'g' else plain(value)}")
+            gates.append((gate, f"{applied(act, f'x·W_{gate} + h_prev·U_{gate} + b_{gate}')} = ", numbers))
+        full = all(len(f"{g} = {symbolic}{numbers}") <= ctx.width for g, symbolic, numbers in gates)
         if not full:
             text.append(f"each gate = {symbol(e.recurrent_activation)}(x·W + h_prev·U + b); "
                         f"g uses {symbol(e.activation)}\n", style="dim")
-        for row, gate in enumerate(GATES):
-            act = e.activation if gate == "g" else e.recurrent_activation
-            parts = (e.x_part[row, u], e.h_part[row, u], e.bias[row, u])
-            symbolic = f"{applied(act, f'x·W_{gate} + h_prev·U_{gate} + b_{gate}')} = " if full else ""
-            text.append(f"{gate} = {symbolic}{applied(act, terms(parts))} = "
-                        f"{applied(act, num(e.pre_activation[row, u]))} = ")
-            value = getattr(e, gate)[u]
-            text.append(f"{num(value) if gate == 'g' else plain(value)}\n", style="bold")
+        for gate, symbolic, numbers in gates:
+            text.append(f"{gate} = {symbolic if full else ''}{numbers}\n")
         text.append(f"c = f·c_prev + i·g = {factor(e.f[u])}·{factor(e.c_prev[u])} + {factor(e.i[u])}·{factor(e.g[u])}"
                     f" = ")
         text.append(f"{num(e.c[u])}\n", style="bold")
         text.append(f"h = o·{applied(e.activation, 'c')} = {factor(e.o[u])}·{applied(e.activation, num(e.c[u]))} = ")
         text.append(num(e.h[u]), style="bold reverse")
     else:
-        symbolic = f"{applied(e.activation, 'x·W + h_prev·U + b')} = " if full else ""
-        text.append(f"h = {symbolic}{applied(e.activation, terms((e.x_part[u], e.h_part[u], e.bias[u])))} = "
-                    f"{applied(e.activation, num(e.pre_activation[u]))} = ")
+        numbers = (f"{applied(e.activation, terms((e.x_part[u], e.h_part[u], e.bias[u])))} = "
+                   f"{applied(e.activation, num(e.pre_activation[u]))} = ")
+        text.append(line(ctx, f"h = {applied(e.activation, 'x·W + h_prev·U + b')} = {numbers}", f"h = {numbers}", 9))
         text.append(num(e.h[u]), style="bold reverse")
     return text
 

@@ -20,7 +20,9 @@ from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from nntrace.views.app_log import log_exception
+from nntrace.views.keras_side import KerasSide
 from nntrace.views.layer_list import LayerList
+from nntrace.views.player import Player
 from nntrace.views.replay import JumpError, Replay
 from nntrace.views.screens import HelpScreen, PromptScreen
 from nntrace.views.step_panel import StepPanel
@@ -74,11 +76,9 @@ class NNTraceApp(App):
         super().__init__()
         self.session, self.model, self.lesson, self.log_path = session, model, lesson, log
         self.replay = Replay(session.trace)
-        self.keras_outputs: dict | None = None
-        self.keras_diffs: dict[str, tuple[float, bool]] = {}
-        self.keras_status = "Keras loading…" if session.keras_path else "no Keras model"
-        self.show_keras, self.show_layers = True, None
-        self.play_interval, self.timer = 0.3, None
+        self.keras = KerasSide(session.keras_path)
+        self.show_layers: bool | None = None
+        self.player = Player(self.set_interval, lambda: self.action_step(1))
         self.message = session.note
         self.view_renderable: Any = Text()
         self.last_shape: tuple | None = None
@@ -133,7 +133,7 @@ class NNTraceApp(App):
         width = self.size.width
         layers = self.query_one(LayerList)
         layers.display = self.show_layers if self.show_layers is not None else width >= 90
-        layers.show(self.trace, self.keras_diffs, self.replay.layer_index, compact=width < COMPACT_BELOW)
+        layers.show(self.trace, self.keras.diffs, self.replay.layer_index, compact=width < COMPACT_BELOW)
 
     # -- Keras in the background ------------------------------------------------------------------
     @work(thread=True, exclusive=True, group="keras")
@@ -151,14 +151,12 @@ class NNTraceApp(App):
                 self.call_from_thread(self.keras_ready, outputs, diffs)
 
     def keras_ready(self, outputs: dict, diffs: dict) -> None:
-        self.keras_outputs, self.keras_diffs = outputs, diffs
-        failed = [k for k, (_, ok) in diffs.items() if not ok]
-        self.keras_status = "Keras: every layer matches" if not failed else f"Keras differs at {', '.join(failed)}"
+        self.keras.ready(outputs, diffs)
         self.fill_layer_list()
         self.refresh_view()
 
     def keras_failed(self, message: str) -> None:
-        self.keras_status = message
+        self.keras.status = message
         self.refresh_view()
 
     # -- actions ----------------------------------------------------------------------------------
@@ -182,24 +180,15 @@ class NNTraceApp(App):
 
     @guarded
     def action_play(self) -> None:
-        if self.timer is None:
-            self.timer = self.set_interval(self.play_interval, lambda: self.action_step(1))
-            self.message = f"playing every {self.play_interval:.2f}s (+/- to change)"
-        else:
-            self.timer.stop()
-            self.timer, self.message = None, "paused"
+        self.message = self.player.toggle()
 
     @guarded
     def action_speed(self, factor: float) -> None:
-        self.play_interval = float(min(max(self.play_interval * factor, 0.02), 3.0))
-        if self.timer is not None:
-            self.timer.stop()
-            self.timer = self.set_interval(self.play_interval, lambda: self.action_step(1))
-        self.message = f"step every {self.play_interval:.2f}s"
+        self.message = self.player.speed(factor)
 
     @guarded
     def action_toggle_keras(self) -> None:
-        self.show_keras = not self.show_keras
+        self.keras.shown = not self.keras.shown
 
     @guarded
     def action_toggle_layers(self) -> None:
@@ -214,7 +203,7 @@ class NNTraceApp(App):
         out = self.trace.output(name)
         if out.ndim != 3:
             raise JumpError(f"the gallery shows feature maps; {name} ({cls}) outputs {tuple(out.shape)}")
-        self.push_screen(GalleryScreen(gallery_text(name, out, self.keras_for(name))))
+        self.push_screen(GalleryScreen(gallery_text(name, out, self.keras.output(name))))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.log_path))
@@ -247,9 +236,8 @@ class NNTraceApp(App):
         self.replay.set_trace(new)
         self.session.description = f'"{text}"'
         self.sub_title = f"{new.model_name} on {self.session.description}"
-        self.keras_outputs, self.keras_diffs = None, {}
+        self.keras.reset()
         if self.session.keras_path is not None:
-            self.keras_status = "Keras loading…"
             self.load_keras()
         self.fill_layer_list()
 
@@ -260,17 +248,11 @@ class NNTraceApp(App):
         self.message = f"exported {export_png(self.view_context(), Path.cwd())}"
 
     # -- drawing ----------------------------------------------------------------------------------
-    def keras_for(self, name: str):
-        if not self.show_keras or self.keras_outputs is None:
-            return None
-        return self.keras_outputs.get(name)
-
     def view_context(self) -> ViewContext:
         name, _ = self.layer
-        diff = self.keras_diffs.get(name) if self.show_keras else None
         width = self.query_one(StepPanel).size.width or self.size.width
-        return ViewContext(self.replay, self.replay.event, self.keras_for(name), max(width - 3, 30),
-                           None if diff is None else diff[0])
+        return ViewContext(self.replay, self.replay.event, self.keras.output(name), max(width - 3, 30),
+                           self.keras.diff(name))
 
     def refresh_view(self) -> None:
         if not self.is_mounted:
@@ -285,20 +267,20 @@ class NNTraceApp(App):
         # Within one layer every step draws the same shape: skip the layout pass (a large share of a
         # step's cost); a new layer, kind of step or Keras state may change the size.
         event = None if ctx is None else ctx.event
-        shape = (self.replay.layer_index, None if event is None else event.kind, self.show_keras,
-                 self.keras_outputs is None, self.size)
+        shape = (self.replay.layer_index, None if event is None else event.kind, self.keras.shown,
+                 self.keras.outputs is None, self.size)
         self.query_one(StepPanel).show(self.view_renderable, layout=shape != self.last_shape)
         self.last_shape = shape
         self.query_one(LayerList).move_cursor(row=self.replay.layer_index)
         self.query_one("#status", Static).update(self.status_text())
 
     def status_text(self) -> Text:
-        name, cls = self.layer
+        name, _ = self.layer
         total = self.replay.known_step_count()
         steps = f"step {self.step + 1}{'' if total is None else f'/{total}'}" if self.replay.event is not None \
             else "no steps"
         status = Text(f"layer {self.replay.layer_index + 1}/{len(self.trace.layers)} {name}  {steps}  │ ")
-        status.append(self.keras_status if self.show_keras else "Keras hidden (k)", style="italic")
+        status.append(self.keras.line(), style="italic")
         if self.message:
             status.append(f"\n{self.message}", style="dim")
         return status

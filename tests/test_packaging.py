@@ -1,5 +1,6 @@
 """One import package: nntrace installs as `nntrace.*` and never imports a bare `models`, `layers`…"""
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -51,7 +52,10 @@ def test_command_runs_from_a_folder_with_a_decoy_models_py(tmp_path):
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("wheel")
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(out), str(ROOT)],
+    source = tmp_path_factory.mktemp("source") / "nntrace"  # a copy, so the build leaves no build/ in the tree
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
+                                                                 ".pytest_cache", ".hypothesis", "runs"))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(out), str(source)],
                            capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     wheels = list(out.glob("nntrace-*.whl"))

@@ -33,7 +33,7 @@ def session_for(model, x, tmp_path, name):
 
 async def wait_for_keras(app, pilot, seconds=60):
     for _ in range(seconds * 10):
-        if app.keras_outputs is not None or "could not" in app.keras_status:
+        if app.keras.outputs is not None or "could not" in app.keras.status:
             break
         await asyncio.sleep(0.1)
     await pilot.pause()
@@ -73,8 +73,8 @@ def test_stepping_through_a_convolution(tmp_path):
             e = app.current_event()
             assert (e.row, e.col, e.filter) == (3, 4, 2)
             await wait_for_keras(app, pilot)
-            assert app.keras_outputs is not None, app.keras_status
-            assert all(ok for _, ok in app.keras_diffs.values())
+            assert app.keras.outputs is not None, app.keras.status
+            assert all(ok for _, ok in app.keras.diffs.values())
             assert "Keras: " in view_text(app)
             await pilot.press("g")
             assert app.screen.__class__.__name__ == "GalleryScreen"

@@ -21,3 +21,34 @@ def keras_comparison(keras_path: Path, trace) -> tuple[dict[str, np.ndarray], di
     ours = {e.layer: e.output[None] for e in trace.events if e.kind == "layer_end"}
     rows = diff_outputs(ours, outputs, dict(trace.layers))
     return {k: v[0] for k, v in outputs.items()}, {r.layer: (r.max_abs_diff, r.passed) for r in rows}
+
+
+class KerasSide:
+    """What the app knows of Keras for the current trace: its outputs, the per-layer differences,
+    a one-line status, and whether the learner has hidden it (`k`)."""
+
+    def __init__(self, keras_path: Path | None) -> None:
+        self.path = keras_path
+        self.shown = True
+        self.reset()
+
+    def reset(self) -> None:
+        self.outputs: dict[str, np.ndarray] | None = None
+        self.diffs: dict[str, tuple[float, bool]] = {}
+        self.status = "Keras loading…" if self.path is not None else "no Keras model"
+
+    def ready(self, outputs: dict, diffs: dict) -> None:
+        self.outputs, self.diffs = outputs, diffs
+        failed = [k for k, (_, ok) in diffs.items() if not ok]
+        self.status = "Keras: every layer matches" if not failed else f"Keras differs at {', '.join(failed)}"
+
+    def output(self, layer: str) -> np.ndarray | None:
+        """Keras's output of `layer` for the sample, when loaded and shown."""
+        return self.outputs.get(layer) if self.shown and self.outputs is not None else None
+
+    def diff(self, layer: str) -> float | None:
+        d = self.diffs.get(layer) if self.shown else None
+        return None if d is None else d[0]
+
+    def line(self) -> str:
+        return self.status if self.shown else "Keras hidden (k)"

@@ -382,16 +382,18 @@ def screen_lines(app) -> list[str]:
 
 
 def panel_lines(app) -> list[str]:
-    width = app.query_one("#main").size.width
+    """The panel's whole content (it scrolls), rendered at the width the panel gives it."""
+    width = app.query_one("#view").size.width or app.query_one("#main").size.width
     console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
     console.print(app.view_renderable)
     return [line.rstrip() for line in console.export_text().splitlines()]
 
 
 def visible_panel_lines(app, screen: list[str]) -> list[str]:
-    """The main panel's rows of the composed screen (the layer list cut away)."""
-    region = app.query_one("#main").region
-    return [row[region.x:region.x + region.width].rstrip() for row in screen[region.y:region.y + region.height]]
+    """The main panel's rows of the composed screen (the layer list and the scrollbar cut away)."""
+    rows = app.query_one("#main").content_region
+    cols = app.query_one("#view").region
+    return [row[cols.x:cols.x + cols.width].rstrip() for row in screen[rows.y:rows.y + rows.height]]
 
 
 # =================================================================================================
@@ -739,7 +741,7 @@ class Checker:
             self.ok("softmax table")
         else:
             self.fail(f"the printed probabilities sum to {psum}, not 1")
-        pline = self.find(lines, rf"^p = exp\(z − z_max\) / Σ exp = exp\(({num}) [+{MINUS}] (\d+\.\d{{4}})\) / ({num}) = "
+        pline = self.find(lines, rf"^p = (?:exp\(z − z_max\) / Σ exp = )?exp\(({num}) [+{MINUS}] (\d+\.\d{{4}})\) / ({num}) = "
                                  rf"({num}) / ({num}) = ({num})")
         if pline is None:
             return self.fail("no complete p = … line")
@@ -913,38 +915,39 @@ NEXT_LAYER, PREV_LAYER = "right_square_bracket", "left_square_bracket"
 CNN_PLAN = [
     NEXT_LAYER,                                      # conv2d_1: row 0, col 0 (top-left corner, padded)
     *repeat("n", 7),                                 # along the top border
-    "down", "down",                                  # right border
-    jump("7 7 0"), "left", "up",                     # bottom-right corner and its neighbours
-    jump("7 0 1"), "right",                          # bottom-left, filter 1
-    jump("3 4 2"), "greater_than_sign", "less_than_sign", "less_than_sign",  # inside, filters 3, 2, 1
-    jump("0 3 3"), "down", "down",
-    NEXT_LAYER, *repeat("n", 5), "greater_than_sign", "down", "right", jump("3 3 3"),  # max pooling
+    "down",                                          # the right border
+    jump("7 7 0"), "left", "up",                     # the bottom-right corner and its neighbours
+    jump("7 0 1"), "right",                          # the bottom-left corner, filter 1
+    ["up"] * 3, ["right"] * 3,                       # inside
+    "greater_than_sign", "greater_than_sign", "less_than_sign",  # filters 2, 3, 2
+    NEXT_LAYER, *repeat("n", 4), "greater_than_sign", "down", "right",  # max pooling
     NEXT_LAYER,                                      # flatten
-    NEXT_LAYER, "down", "down", "up",                # dense units 0–2
-    "n", "n",                                        # the softmax step
-    "down", "down", "up", "up",                      # its selected class
-    PREV_LAYER, PREV_LAYER, PREV_LAYER, PREV_LAYER,  # back to the rescaling summary
+    NEXT_LAYER, "down", "down",                      # dense units 0–2
+    "n",                                             # the softmax step
+    "down", "down", "up",                            # its selected class
+    [PREV_LAYER] * 4,                                # back to the rescaling summary
 ]
 
 STRIDED_PLAN = [
-    NEXT_LAYER, "n", "n", jump("8 8 5"), "up",                # conv_a (3 channels, 6 filters)
-    NEXT_LAYER,                                                # conv_b: stride 2 over 6 channels
-    *repeat("n", 4), "down", "down", jump("4 4 3"), "left", "less_than_sign", jump("2 2 1"), "up",
-    NEXT_LAYER, *repeat("n", 3), "down", "down", "greater_than_sign", jump("2 2 3"),  # average pooling, padded
+    NEXT_LAYER, "n", "down",                                   # conv_a (3 channels, 6 filters)
+    NEXT_LAYER,                                                # conv_b: stride 2 over 6 channels, padded
+    *repeat("n", 4), "down", ["down"] * 3, "left",             # top border, right border, corner
+    "greater_than_sign", jump("2 2 3"), "up",                  # filters 1 and 3, inside
+    NEXT_LAYER, "n", "n", "down", "down", "left", "greater_than_sign",  # average pooling, padded windows
     NEXT_LAYER,                                                # flatten
     NEXT_LAYER, *repeat("down", 7),                            # dense relu units 0–7
-    NEXT_LAYER, "n", "n", "n", "n", "n",                       # softmax units, then the softmax step
+    NEXT_LAYER, ["n"] * 5,                                     # the softmax step
     "down", "down", "down", "down", "up",
 ]
 
 LSTM_PLAN = [
     NEXT_LAYER, *repeat("n", 5),                                    # embedding lookups, padding included
     NEXT_LAYER, *repeat("right", 5),                                # forward sweep, unit 0
-    "down", *repeat("left", 5), "down", *repeat("right", 5),        # units 1 and 2
+    "down", *repeat("left", 5), jump("unit 2"), *repeat("right", 5),  # units 1 and 2
     "n",                                                            # the backward sweep starts (masked)
     *repeat("left", 5), "up", *repeat("right", 5), "up", *repeat("left", 5),
-    "n", *repeat("down", 5), "up",                                  # the merge, units 0–5
-    NEXT_LAYER, "n", "n", "n", "down", "down", "up",                # dense units and the softmax
+    "n", *repeat("down", 5),                                        # the merge, units 0–5
+    NEXT_LAYER, "down", "down", "n", "down", "down",                # dense units and the softmax
 ]
 
 RNN_PLAN = [
@@ -952,21 +955,17 @@ RNN_PLAN = [
     NEXT_LAYER, *repeat("right", 6), "down", *repeat("left", 6),     # SimpleRNN units 0–1
     "down", *repeat("right", 6), "down", *repeat("left", 6),         # units 2–3
     NEXT_LAYER, *repeat("down", 5),                                  # dense relu
-    NEXT_LAYER, *repeat("n", 5), *repeat("down", 4),                 # softmax over 5 classes
+    NEXT_LAYER, ["n"] * 5, *repeat("down", 4),                       # softmax over 5 classes
 ]
 
-
-def birnn_plan(mode: str) -> list:
-    units = 6 if mode == "concat" else 3
-    return [NEXT_LAYER, NEXT_LAYER, jump("step 5"), "down", "down",   # forward sweep's last (masked) token
-            jump("step 10"), "up", "up",                               # backward sweep's last token (0)
-            jump("step 11"), *repeat("down", units - 1)]               # the merge
+#: the forward sweep's last token (masked) and the backward sweep's last token, every unit, then the merge
+BIRNN_PLAN = [[NEXT_LAYER, NEXT_LAYER], ["right"] * 4, "down", "down", "n", ["left"] * 4, "up", "up", "n",
+              "down", "down"]
 
 
 TOURS = [("tiny_cnn", cnn_app, CNN_PLAN), ("strided_cnn", strided_cnn_app, STRIDED_PLAN),
          ("tiny_lstm", lstm_app, LSTM_PLAN), ("scratch_rnn", rnn_app, RNN_PLAN),
-         *[(f"birnn_{mode}", lambda mode=mode: birnn_app(mode), birnn_plan(mode)) for mode in ("sum", "ave", "mul",
-                                                                                              "concat")]]
+         *[(f"birnn_{mode}", lambda mode=mode: birnn_app(mode), BIRNN_PLAN) for mode in ("sum", "ave", "mul")]]
 
 EXPECTED_VIEWS = {"conv", "pool", "dense", "softmax", "recurrent", "merge", "embedding", "flatten", "summary"}
 

@@ -67,10 +67,16 @@ def save_results(path: Path, results: list[dict]) -> None:
     tmp.replace(path)
 
 
+def seeded_key(variant: Variant, seed: int) -> str:
+    """A record's key: the variant's for seed 0 (the first run), `…#seed<N>` for reruns."""
+    return variant.key if seed == 0 else f"{variant.key}#seed{seed}"
+
+
 def run_experiments(out: Path, only: list[str] | None = None, quick: bool = False, data_dir=None,
                     log: TextIO | None = None, progress: bool = True,
-                    say: Callable[[str], None] = print) -> list[dict]:
-    """Train every variant not yet in `<out>/experiments.json`; returns all records."""
+                    say: Callable[[str], None] = print, seeds: int = 1) -> list[dict]:
+    """Train every variant (with seeds 0…seeds−1) not yet in `<out>/experiments.json`; returns all
+    records."""
     from nntrace.models.data import load_cifar10, load_nusax
     from nntrace.models.train import fit
 
@@ -78,13 +84,15 @@ def run_experiments(out: Path, only: list[str] | None = None, quick: bool = Fals
     results_path = out / "experiments.json"
     results = load_results(results_path)
     done = {r["key"] for r in results}
-    todo = [v for v in grid() if (not only or v.group in only or v.kind in only) and v.key not in done]
+    todo = [(v, seed) for seed in range(seeds) for v in grid()
+            if (not only or v.group in only or v.kind in only) and seeded_key(v, seed) not in done]
     data = {}
-    for i, variant in enumerate(todo, 1):
-        same = same_settings(results, variant, quick)
+    for i, (variant, seed) in enumerate(todo, 1):
+        key = seeded_key(variant, seed)
+        same = same_settings(results, variant, quick, seed)
         if same is not None:  # e.g. "kernel 3×3" is the base CNN that "max pooling" already trained
-            say(f"[{i}/{len(todo)}] {variant.key}: same settings as {same['key']}, result reused")
-            results.append({**same, "key": variant.key, "group": variant.group, "label": variant.label,
+            say(f"[{i}/{len(todo)}] {key}: same settings as {same['key']}, result reused")
+            results.append({**same, "key": key, "group": variant.group, "label": variant.label,
                             "same_run_as": same.get("same_run_as", same["key"])})
             save_results(results_path, results)
             continue
@@ -95,12 +103,12 @@ def run_experiments(out: Path, only: list[str] | None = None, quick: bool = Fals
                 data[family] = data[family].subset(*((1000, 300) if family == "cnn" else (300, 100)))
         # The plain CNN peaks after about 6 epochs and then overfits: 12 epochs with patience 3 cover it.
         epochs, batch = (2, 64) if quick else ((12, 128) if family == "cnn" else (40, 32))
-        say(f"[{i}/{len(todo)}] {variant.key}")
-        name = variant.key.replace("/", "__").replace(" ", "_").replace("×", "x")
-        run = fit(variant.kind, variant.settings, data[family], out / "runs", name, epochs, batch,
+        say(f"[{i}/{len(todo)}] {key}")
+        name = key.replace("/", "__").replace(" ", "_").replace("×", "x").replace("#", "_")
+        run = fit(variant.kind, variant.settings, data[family], out / "runs", name, epochs, batch, seed=seed,
                   log=log, progress=progress, patience=3 if family == "cnn" else 8)
         m = run.metrics
-        results.append({"key": variant.key, "group": variant.group, "label": variant.label, "kind": variant.kind,
+        results.append({"key": key, "group": variant.group, "label": variant.label, "kind": variant.kind, "seed": seed,
                         "settings": variant.settings.to_dict(), "keras_f1": m["keras_f1"],
                         "scratch_f1": m["scratch_f1"], "agreement": m["agreement"],
                         "max_prob_diff": m["max_prob_diff"], "val_keras_f1": m["val_keras_f1"],
@@ -121,11 +129,12 @@ def settings_key(kind: str, settings: dict) -> str:
     return kind + json.dumps(settings, sort_keys=True)
 
 
-def same_settings(results: list[dict], variant: Variant, quick: bool) -> dict | None:
-    """A finished record trained with exactly this variant's settings (groups share their base model)."""
+def same_settings(results: list[dict], variant: Variant, quick: bool, seed: int = 0) -> dict | None:
+    """A finished record trained with exactly this variant's settings and seed (groups share their
+    base model)."""
     key = settings_key(variant.kind, json.loads(json.dumps(variant.settings.to_dict())))
-    return next((r for r in results if r.get("quick") == quick and settings_key(r["kind"], r["settings"]) == key),
-                None)
+    return next((r for r in results if r.get("quick") == quick and r.get("seed", 0) == seed
+                 and settings_key(r["kind"], r["settings"]) == key), None)
 
 
 def tfidf_baselines(data) -> list[dict]:
@@ -173,6 +182,71 @@ def plot_group(results: list[dict], group: str, path: Path) -> None:
     plt.close(fig)
 
 
+def variant_stats(rows: list[dict]) -> list[dict]:
+    """Per variant (in grid order): the seeds run and mean ± sd of test and validation macro-F1."""
+    import numpy as np
+
+    out = []
+    for label in dict.fromkeys(r["label"] for r in rows):
+        runs = [r for r in rows if r["label"] == label]
+        test = np.array([r["keras_f1"] for r in runs])
+        val = np.array([r["val_keras_f1"] for r in runs])
+        sd = (lambda a: float(a.std(ddof=1)) if len(a) > 1 else 0.0)  # noqa: E731
+        out.append({"label": label, "runs": runs, "seeds": len(runs), "test_mean": float(test.mean()),
+                    "test_sd": sd(test), "val_mean": float(val.mean()), "val_sd": sd(val)})
+    return out
+
+
+def spread_reading(stats: list[dict]) -> str:
+    """Which differences between variants are inside the seed-to-seed spread (noise)."""
+    best = max(stats, key=lambda s: s["val_mean"])
+    parts = []
+    for s in stats:
+        if s is best:
+            continue
+        gap = best["test_mean"] - s["test_mean"]
+        spread = best["test_sd"] + s["test_sd"]
+        verdict = "inside the spread: noise, not a finding" if abs(gap) <= spread else "larger than the spread"
+        parts.append(f"{best['label']} vs {s['label']}: test difference {gap:+.4f}, sd {best['test_sd']:.4f} + "
+                     f"{s['test_sd']:.4f} = {spread:.4f}, {verdict}")
+    return "; ".join(parts) + "."
+
+
+def group_section(group: str, rows: list[dict]) -> list[str]:
+    """One group's table: one row per run with a single seed, mean ± sd over seeds otherwise."""
+    stats = variant_stats(rows)
+    seeded = max(s["seeds"] for s in stats) > 1
+    lines = [f"## {group}", ""]
+    if seeded:
+        low, high = min(s["seeds"] for s in stats), max(s["seeds"] for s in stats)
+        lines += [f"Each variant trained with {low if low == high else f'{low}–{high}'} seeds (0–{high - 1}); "
+                  "mean ± sd (sample standard deviation) over the seeds.", "",
+                  "| variant | seeds | test macro-F1 | val macro-F1 | lowest agreement | max \\|Δp\\| |",
+                  "|---|---|---|---|---|---|"]
+        for s in stats:
+            lines.append(f"| {s['label']} | {s['seeds']} | {s['test_mean']:.4f} ± {s['test_sd']:.4f} | "
+                         f"{s['val_mean']:.4f} ± {s['val_sd']:.4f} | "
+                         f"{min(r['agreement'] for r in s['runs']):.2f}% | "
+                         f"{max(r['max_prob_diff'] for r in s['runs']):.1e} |")
+        best = max(stats, key=lambda s: s["val_mean"])
+        lines += ["", f"![{group}](figures/{group}.png)", "",
+                  f"Best by mean validation macro-F1: **{best['label']}**. {spread_reading(stats)}", ""]
+        return lines
+    lines += ["One seed per variant: a difference between variants here may be seed-to-seed noise.", "",
+              "| variant | Keras macro-F1 | scratch macro-F1 | agreement | max \\|Δp\\| | val macro-F1 | epochs |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        label = r["label"] + (f" (same run as *{r['same_run_as']}*)" if r.get("same_run_as") else "")
+        lines.append(f"| {label} | {r['keras_f1']:.4f} | {r['scratch_f1']:.4f} | {r['agreement']:.2f}% | "
+                     f"{r['max_prob_diff']:.1e} | {r['val_keras_f1']:.4f} | {r['epochs_run']} |")
+    best = max(rows, key=lambda r: r["val_keras_f1"])
+    spread = max(r["keras_f1"] for r in rows) - min(r["keras_f1"] for r in rows)
+    lines += ["", f"![{group}](figures/{group}.png)", "",
+              f"Best by validation: **{best['label']}** (test macro-F1 {best['keras_f1']:.4f}); "
+              f"test macro-F1 spread across variants {spread:.4f}.", ""]
+    return lines
+
+
 def write_report(out: Path, results: list[dict], baselines: list[dict]) -> Path:
     """`experiments.md`: one table and one figure per group, the baselines, and what the numbers show."""
     figures = out / "figures"
@@ -189,18 +263,8 @@ def write_report(out: Path, results: list[dict], baselines: list[dict]) -> Path:
         lines += ["> **Quick run**: small subsets and 2 epochs — a pipeline check, not a result.", ""]
     for group in [g for g in GROUPS if any(r["group"] == g for r in results)]:
         rows = [r for r in results if r["group"] == group]
-        plot_group(results, group, figures / f"{group}.png")
-        lines += [f"## {group}", "", "| variant | Keras macro-F1 | scratch macro-F1 | agreement | max \\|Δp\\| | "
-                  "val macro-F1 | epochs |", "|---|---|---|---|---|---|---|"]
-        for r in rows:
-            label = r["label"] + (f" (same run as *{r['same_run_as']}*)" if r.get("same_run_as") else "")
-            lines.append(f"| {label} | {r['keras_f1']:.4f} | {r['scratch_f1']:.4f} | {r['agreement']:.2f}% | "
-                         f"{r['max_prob_diff']:.1e} | {r['val_keras_f1']:.4f} | {r['epochs_run']} |")
-        best = max(rows, key=lambda r: r["val_keras_f1"])
-        spread = max(r["keras_f1"] for r in rows) - min(r["keras_f1"] for r in rows)
-        lines += ["", f"![{group}](figures/{group}.png)", "",
-                  f"Best by validation: **{best['label']}** (test macro-F1 {best['keras_f1']:.4f}); "
-                  f"test macro-F1 spread across variants {spread:.4f}.", ""]
+        plot_group([r for r in rows if r.get("seed", 0) == 0], group, figures / f"{group}.png")
+        lines += group_section(group, rows)
     if results:
         worst_diff = max(r["max_prob_diff"] for r in results)
         min_agree = min(r["agreement"] for r in results)

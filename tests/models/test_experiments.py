@@ -46,3 +46,33 @@ def test_quick_grid_end_to_end_and_resumable(tmp_path, data_dir, monkeypatch):
 def test_unknown_group_is_refused(capsys):
     assert cli.main(["experiments", "--only", "cnn_colour"]) == 2
     assert "unknown group" in capsys.readouterr().err
+
+
+def test_seeds_rerun_variants_and_the_report_gives_mean_and_sd(tmp_path, data_dir):
+    out = tmp_path / "exp"
+    said = []
+    results = experiments.run_experiments(out, only=["lstm_direction"], quick=True, data_dir=data_dir,
+                                          progress=False, say=said.append, seeds=3)
+    keys = [r["key"] for r in results]
+    assert keys.count("lstm_direction/unidirectional") == 1 and "lstm_direction/bidirectional#seed2" in keys
+    assert sorted(r["seed"] for r in results if r["label"] == "bidirectional") == [0, 1, 2]
+    # every seed is a run of its own: different initial weights give different histories
+    histories = {tuple(r["history"]["loss"]) for r in results if r["label"] == "bidirectional"}
+    assert len(histories) == 3
+    again = experiments.run_experiments(out, only=["lstm_direction"], quick=True, data_dir=data_dir,
+                                        progress=False, say=said.append, seeds=3)
+    assert len(again) == len(results) == 6  # resumed: nothing trained twice
+    report = (out / "experiments.md").read_text()
+    import numpy as np
+    f1 = np.array([r["keras_f1"] for r in results if r["label"] == "unidirectional"])
+    assert f"| unidirectional | 3 | {f1.mean():.4f} ± {f1.std(ddof=1):.4f} |" in report
+    assert "inside the spread" in report or "larger than the spread" in report
+
+
+def test_the_reading_calls_a_difference_inside_the_spread_noise():
+    rows = [{"label": label, "keras_f1": f1, "val_keras_f1": f1, "agreement": 100.0, "max_prob_diff": 1e-7}
+            for label, values in (("a", (0.70, 0.74, 0.72)), ("b", (0.69, 0.73, 0.71)), ("c", (0.50, 0.51, 0.52)))
+            for f1 in values]
+    reading = experiments.spread_reading(experiments.variant_stats(rows))
+    assert "a vs b: test difference +0.0100" in reading and "a vs b" in reading.split("noise")[0]
+    assert "a vs c: test difference +0.2100, sd 0.0200 + 0.0100 = 0.0300, larger than the spread" in reading

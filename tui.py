@@ -60,7 +60,7 @@ def guarded(action: Callable) -> Callable:
 
 class NNTraceApp(App):
     TITLE = "nntrace"
-    CSS = "#status { height: 2; padding: 0 1; background: $boost; }"
+    CSS = "#status { height: auto; max-height: 2; padding: 0 1; background: $boost; }"
     BINDINGS = [
         Binding("n", "step(1)", "next"), Binding("p", "step(-1)", "prev"),
         Binding("right_square_bracket", "layer(1)", "layer+"), Binding("left_square_bracket", "layer(-1)", "layer−"),
@@ -69,6 +69,7 @@ class NNTraceApp(App):
         Binding("k", "toggle_keras", "Keras"), Binding("t", "new_text", "text", show=False),
         Binding("g", "gallery", "gallery"), Binding("e", "export", "PNG"),
         Binding("L", "toggle_layers", "layers", show=False),
+        Binding("a", "answer", "answer"), Binding("enter", "submit", "check / next"),
         Binding("question_mark", "help", "help"), Binding("q", "quit", "quit"),
     ]
 
@@ -122,7 +123,6 @@ class NNTraceApp(App):
             from nntrace.views.lesson_panel import show_lesson_step
 
             show_lesson_step(self)
-            self.query_one("#answer", Input).focus()
         self.refresh_view()
 
     def on_resize(self) -> None:
@@ -131,6 +131,11 @@ class NNTraceApp(App):
 
     def fill_layer_list(self) -> None:
         width = self.size.width
+        self.query_one(Header).display = self.size.height >= 30 or self.lesson is None
+        if self.lesson is not None:
+            from nntrace.views.lesson_panel import LessonPanel
+
+            self.query_one(LessonPanel).fit_height(self.size.height)
         layers = self.query_one(LayerList)
         layers.display = self.show_layers if self.show_layers is not None else width >= 90
         layers.show(self.trace, self.keras.diffs, self.replay.layer_index, compact=width < COMPACT_BELOW)
@@ -205,6 +210,23 @@ class NNTraceApp(App):
             raise JumpError(f"the gallery shows feature maps; {name} ({cls}) outputs {tuple(out.shape)}")
         self.push_screen(GalleryScreen(gallery_text(name, out, self.keras.output(name))))
 
+    def action_answer(self) -> None:
+        if self.lesson is not None:
+            self.query_one("#answer", Input).focus()
+
+    @guarded
+    def action_submit(self) -> None:
+        if self.lesson is not None:
+            from nntrace.views.lesson_panel import submit
+
+            submit(self, "")
+
+    def check_action(self, action: str, parameters: tuple) -> bool | None:
+        """The lesson keys show in the footer only during a lesson."""
+        if action in ("answer", "submit"):
+            return self.lesson is not None
+        return True
+
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.log_path))
 
@@ -251,15 +273,17 @@ class NNTraceApp(App):
     def view_context(self) -> ViewContext:
         name, _ = self.layer
         width = self.query_one(StepPanel).size.width or self.size.width
+        hidden = self.lesson.hidden() if self.lesson is not None and not self.lesson.finished else frozenset()
         return ViewContext(self.replay, self.replay.event, self.keras.output(name), max(width - 3, 30),
-                           self.keras.diff(name))
+                           self.keras.diff(name), hidden)
 
     def refresh_view(self) -> None:
         if not self.is_mounted:
             return
         try:
             ctx = self.view_context()
-            self.view_renderable = view_for(ctx.event).render(ctx)
+            report = self.lesson_report()
+            self.view_renderable = report if report is not None else view_for(ctx.event).render(ctx)
         except Exception as exc:  # noqa: BLE001 — a view must never take the app down
             self.view_renderable = Text(f"cannot show this step: {exc} (details in {log_exception(exc, 'a view')})",
                                         style="bold red")
@@ -273,6 +297,15 @@ class NNTraceApp(App):
         self.last_shape = shape
         self.query_one(LayerList).move_cursor(row=self.replay.layer_index)
         self.query_one("#status", Static).update(self.status_text())
+
+    def lesson_report(self):
+        """A lesson step that reads the experiment report shows it instead of a trace step."""
+        lesson = self.lesson
+        if lesson is None or lesson.finished or not lesson.step.report:
+            return None
+        from nntrace.views.report_view import report_view
+
+        return report_view(lesson.report or [], lesson.step.report, self.view_context().width)
 
     def status_text(self) -> Text:
         name, _ = self.layer

@@ -152,7 +152,9 @@ class Conv2D(Layer):
 
         kernel = self.weights["kernel"]
         bias = self.weights.get("bias")
-        (t, _), (l, _), oh, ow = output_geometry(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
+        (t, b), (l, r), oh, ow = output_geometry(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
+        geometry = dict(input_size=tuple(x.shape[1:3]), strides=tuple(self.strides), pad=(t + b, l + r),
+                        output_size=(oh, ow))
         xp, _, _ = self.pad(as_float32(x))
         real, _, _ = self.pad(np.ones((1,) + x.shape[1:3] + (1,), np.float32))
         (kh, kw), (sh, sw) = self.kernel_size, self.strides
@@ -171,4 +173,4 @@ class Conv2D(Layer):
                                     channel_totals=channel_totals, total=float(total), activation=act_name, bias=float(b), pre_activation=float(pre),
                                     value=float(self.act(np.array([pre], np.float32))[0]),
                                     padding=real[0, r * sh:r * sh + kh, c * sw:c * sw + kw, 0] == 0,
-                                    origin=(r * sh - t, c * sw - l))
+                                    origin=(r * sh - t, c * sw - l), **geometry)

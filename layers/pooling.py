@@ -70,8 +70,10 @@ class Pooling2D(Layer):
         from nntrace.tracer.events import PoolWindow
 
         x = as_float32(x)
-        (t, _), (l, _), oh, ow = output_geometry(x.shape[1], x.shape[2], self.pool_size, self.strides,
+        (t, b), (l, r), oh, ow = output_geometry(x.shape[1], x.shape[2], self.pool_size, self.strides,
                                                  self.config.get("padding", "valid"))
+        geometry = dict(input_size=tuple(x.shape[1:3]), strides=tuple(self.strides), pad=(t + b, l + r),
+                        output_size=(oh, ow))
         v, real = self.windows(x, np.nan)
         (ph, pw), (sh, sw) = self.pool_size, self.strides
         for ch in range(x.shape[3]) if channels is None else channels:
@@ -86,7 +88,7 @@ class Pooling2D(Layer):
                         winner, value = None, float(np.nansum(window) / is_real.sum())
                     yield PoolWindow(self.name, row=r, col=c, channel=ch, mode=self.reduce if self.reduce == "max"
                                      else "average", window=window.copy(), real=is_real, winner=winner,
-                                     value=value, origin=(r * sh - t, c * sw - l))
+                                     value=value, origin=(r * sh - t, c * sw - l), **geometry)
 
 
 class MaxPooling2D(Pooling2D):

@@ -1,14 +1,23 @@
-"""Guided lessons: load and validate lesson files, resolve their symbolic positions against a trace,
-check answers, and keep progress in the user's state directory.
+"""Guided lessons: load and validate lesson files, resolve their positions against a trace, check
+answers and open tasks, and keep honest scores in the user's state directory.
 
 A lesson file (TOML) names a shipped model and an input, then steps. A step has Markdown `text`, an
-optional `goto` (a layer selector such as `first:Conv2D` and a symbolic position such as
-`{filter = "most_active", cell = "max"}`) and an optional `question` whose answer is read from the
-traced numbers (never typed into the file), so lessons stay valid when the models are retrained.
+optional `goto` (a layer selector such as `first:Conv2D`, a position rule such as
+`{filter = "most_active", cell = "max_interior"}`, and the selected `unit`), and either a
+`question` or an open `task`.
+
+A question is **compute** (the learner computes the answer from `operands` printed on screen; the
+lesson's `formula` says how) or **predict** (asked before the screen shows the result). Its answer
+is read from the traced numbers, never typed into the file, and the quantities named in `hide` are
+withheld on screen until it is answered. A task is checked against the learner's own trace and
+cursor (a sentence that flips the prediction, a token where the forget gate closes, the patch where
+a filter fires most).
 """
 from __future__ import annotations
 
 import json
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +29,10 @@ from nntrace.layers.errors import NNTraceError
 
 LESSON_DIR = Path(__file__).resolve().parent
 MAX_TRIES = 3
+KINDS = ("compute", "predict")
+#: Open tasks: a sentence that flips the prediction; the unit and token where the forget gate closes
+#: most (the lowest f of the sweep); the patch where a filter fires most.
+TASKS = ("flip_prediction", "forget_closes", "max_patch")
 
 
 class LessonError(NNTraceError, ValueError):
@@ -30,8 +43,19 @@ class LessonError(NNTraceError, ValueError):
 class Question:
     prompt: str
     answer: dict                     # how to read the answer from the trace
-    options: list[str] | str | None = None  # choices, or "labels" for the model's class names
-    tolerance: float = 1e-3          # relative and absolute, for numbers
+    kind: str = "compute"            # compute | predict
+    options: list[str] | str | None = None  # choices, or "labels" / "variants"
+    tolerance: float = 1e-3          # absolute (relative above 1), for numbers
+    hint: str = ""
+    operands: dict[str, str] = field(default_factory=dict)  # name → event field, e.g. "f[unit]"
+    formula: str | None = None       # how the operands give the answer, e.g. "f * c_prev + i * g"
+    hide: list[str] = field(default_factory=list)           # withheld on screen until answered
+
+
+@dataclass
+class Task:
+    kind: str                        # one of TASKS
+    prompt: str
     hint: str = ""
 
 
@@ -40,6 +64,8 @@ class Step:
     text: str
     goto: dict | None = None
     question: Question | None = None
+    task: Task | None = None
+    report: str | None = None        # an experiment group to show instead of a trace step
 
 
 @dataclass
@@ -56,16 +82,36 @@ class Lesson:
     def id(self) -> str:
         return self.path.stem
 
+    @property
+    def questions(self) -> list[int]:
+        """Indices of the steps that are scored (questions and tasks)."""
+        return [i for i, s in enumerate(self.steps) if s.question or s.task]
+
 
 def fail(path: Path, step: int | None, message: str) -> LessonError:
     where = f"{path.name}" + (f", step {step + 1}" if step is not None else "")
     return LessonError(f"lesson {where}: {message}")
 
 
+def parse_question(path: Path, i: int, q: dict) -> Question:
+    if not isinstance(q, dict) or "prompt" not in q or "answer" not in q:
+        raise fail(path, i, "a question needs 'prompt' and 'answer'")
+    unknown = set(q) - {"prompt", "answer", "kind", "options", "tolerance", "hint", "operands", "formula", "hide"}
+    if unknown:
+        raise fail(path, i, f"unknown question keys {sorted(unknown)}")
+    kind = q.get("kind", "predict" if q.get("options") else "compute")
+    if kind not in KINDS:
+        raise fail(path, i, f"question kind must be one of {KINDS}, got '{kind}'")
+    if kind == "compute" and not (q.get("operands") and q.get("formula")):
+        raise fail(path, i, "a compute question names its 'operands' and the 'formula' that combines them")
+    return Question(q["prompt"], q["answer"], kind, q.get("options"), float(q.get("tolerance", 1e-3)),
+                    q.get("hint", ""), dict(q.get("operands", {})), q.get("formula"), list(q.get("hide", [])))
+
+
 def parse_lesson(path: Path) -> Lesson:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise fail(path, None, f"not valid TOML ({exc})") from exc
     for key in ("title", "model", "steps"):
         if key not in data:
@@ -74,17 +120,20 @@ def parse_lesson(path: Path) -> Lesson:
         raise fail(path, None, f"model must be cnn, rnn or lstm, got '{data['model']}'")
     steps = []
     for i, raw in enumerate(data["steps"]):
-        unknown = set(raw) - {"text", "goto", "question"}
+        unknown = set(raw) - {"text", "goto", "question", "task", "report"}
         if unknown or "text" not in raw:
-            raise fail(path, i, f"a step needs 'text' and may have 'goto' and 'question' (unknown: {sorted(unknown)})")
-        q = raw.get("question")
-        question = None
-        if q is not None:
-            if "prompt" not in q or "answer" not in q:
-                raise fail(path, i, "a question needs 'prompt' and 'answer'")
-            question = Question(q["prompt"], q["answer"], q.get("options"), float(q.get("tolerance", 1e-3)),
-                                q.get("hint", ""))
-        steps.append(Step(raw["text"], raw.get("goto"), question))
+            raise fail(path, i, f"a step needs 'text' and may have 'goto', 'question', 'task' and 'report' "
+                                f"(unknown: {sorted(unknown)})")
+        question = parse_question(path, i, raw["question"]) if "question" in raw else None
+        task = None
+        if "task" in raw:
+            t = raw["task"]
+            if t.get("kind") not in TASKS or "prompt" not in t:
+                raise fail(path, i, f"a task needs 'prompt' and a 'kind' among {TASKS}")
+            task = Task(t["kind"], t["prompt"], t.get("hint", ""))
+        if question and task:
+            raise fail(path, i, "a step has a question or a task, not both")
+        steps.append(Step(raw["text"], raw.get("goto"), question, task, raw.get("report")))
     number = int(path.stem.split("-")[0]) if path.stem.split("-")[0].isdigit() else 0
     return Lesson(number, data["title"], data["model"], data.get("input", {}), steps, path,
                   bool(data.get("needs_report", False)))
@@ -111,28 +160,59 @@ def resolve_layer(selector: str, trace) -> str:
     raise KeyError(f"no layer matches '{selector}' (layers: {', '.join(f'{n} ({c})' for n, c in trace.layers)})")
 
 
+def most_active_filter(trace, layer: str) -> int:
+    return int(np.argmax(np.abs(trace.output(layer)).mean(axis=(0, 1))))
+
+
+def strongest_interior_cell(trace, layer: str, event) -> tuple[int, int]:
+    """The output cell of the event's filter with the largest value whose patch has no padding."""
+    out = trace.output(layer)[..., event.filter]
+    kh, kw = event.patch.shape[:2]
+    (h, w), (sh, sw), (ph, pw) = event.input_size, event.strides, event.pad
+    best, where = -np.inf, (0, 0)
+    for r in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            top, left = r * sh - ph // 2, c * sw - pw // 2
+            if top >= 0 and left >= 0 and top + kh <= h and left + kw <= w and out[r, c] > best:
+                best, where = out[r, c], (r, c)
+    return where
+
+
 def step_matches(event, at: dict, trace, layer: str) -> bool:
     for key, want in at.items():
         if key == "kind":
             if event.kind != want:
                 return False
         elif key == "filter" and want == "most_active":
-            out = trace.output(layer)
-            if getattr(event, "filter", None) != int(np.argmax(np.abs(out).mean(axis=(0, 1)))):
+            if getattr(event, "filter", None) != most_active_filter(trace, layer):
                 return False
-        elif key == "cell" and want == "max":
+        elif key == "cell" and want in ("max", "max_interior"):
             out = trace.output(layer)
-            f = event.filter
-            r, c = np.unravel_index(int(np.argmax(out[..., f])), out.shape[:2])
+            if want == "max":
+                r, c = np.unravel_index(int(np.argmax(out[..., event.filter])), out.shape[:2])
+            else:
+                r, c = strongest_interior_cell(trace, layer, event)
             if (event.row, event.col) != (int(r), int(c)):
                 return False
-        elif key == "unit" and want == "predicted":
-            if getattr(event, "unit", None) != int(np.argmax(trace.output(layer))):
+        elif key == "window" and want == "distinct":  # real values all different, none zero
+            real = event.window[event.real]
+            if real.size < 2 or len(np.unique(real)) != real.size or np.any(real == 0):
+                return False
+        elif key == "unit" and want in ("predicted", "largest_bias"):
+            if want == "predicted":
+                target = int(np.argmax(trace.probabilities))
+            else:
+                target = int(np.argmax(np.abs(trace.model.layer(layer).weights["bias"])))
+            if getattr(event, "unit", None) != target:
                 return False
         elif key == "token":
             tokens = trace.context.get("tokens") or []
             t = getattr(event, "time", getattr(event, "position", None))
-            if t is None or t >= len(tokens) or tokens[t] != want:
+            if want == "last_real":
+                want_t = len([x for x in tokens if x]) - 1
+                if t != want_t:
+                    return False
+            elif t is None or t >= len(tokens) or tokens[t] != want:
                 return False
         elif getattr(event, key, object()) != want:
             return False
@@ -155,6 +235,18 @@ def resolve_goto(goto: dict, trace) -> tuple[str, int]:
     raise KeyError(f"no step of '{layer}' matches {at}")
 
 
+def resolve_unit(goto: dict | None, trace, event) -> int:
+    """The unit (or class) a step selects: a number, `predicted`, or 0."""
+    want = (goto or {}).get("unit", 0)
+    if want == "predicted":
+        return int(np.argmax(trace.probabilities))
+    if want == "second":  # the runner-up class
+        return int(np.argsort(trace.probabilities)[-2])
+    if want == "largest_h":  # the unit the step moves most
+        return int(np.argmax(np.abs(event.h)))
+    return int(want)
+
+
 def event_at(trace, layer: str, index: int):
     for i, event in enumerate(trace.steps(layer)):
         if i == index:
@@ -162,63 +254,163 @@ def event_at(trace, layer: str, index: int):
     return None
 
 
-def pick(values: Any, index: Any) -> Any:
+def previous_output(trace, layer: str) -> np.ndarray:
+    names = [n for n, _ in trace.layers]
+    i = names.index(layer)
+    if i == 0:
+        raise KeyError(f"'{layer}' is the first layer: it has no previous layer's output")
+    return trace.output(names[i - 1])
+
+
+def pick(values: Any, index: Any, unit: int = 0) -> Any:
     arr = np.asarray(values)
     if index is None:
         return arr.item() if arr.size == 1 else arr
-    if index == "max":
-        return float(arr.max())
-    if index == "argmax":
-        return int(arr.argmax())
-    if index == "min":
-        return float(arr.min())
-    if index == "sum":
-        return float(arr.sum())
-    if index == "count_true":
-        return int(arr.sum())
-    if index == "count_zero":
-        return int((arr == 0).sum())
-    if index == "size":
-        return int(arr.size)
-    if index == "mean":
-        return float(np.nanmean(arr))
-    return arr[tuple(index) if isinstance(index, list) else index].item()
+    if index == "unit":
+        return arr[unit].item()
+    reducers = {"max": lambda a: float(a.max()), "argmax": lambda a: int(a.argmax()), "min": lambda a: float(a.min()),
+                "sum": lambda a: float(a.sum()), "count_true": lambda a: int(a.sum()),
+                "count_zero": lambda a: int((a == 0).sum()), "size": lambda a: int(a.size),
+                "mean": lambda a: float(np.nanmean(a))}
+    if isinstance(index, str) and index in reducers:
+        return reducers[index](arr)
+    if isinstance(index, list):
+        index = tuple(unit if i == "unit" else i for i in index)
+    return arr[index].item()
 
 
-def expected_answer(question: Question, trace, event, report: list[dict] | None = None) -> float | str:
+# -- operands and formulas ---------------------------------------------------------------------
+OPERAND = re.compile(r"^(?P<field>[a-z_]+)(?:\[(?P<index>[^\]]*)\])?$")
+
+
+def parse_index(text: str, unit: int) -> tuple:
+    parts = []
+    for raw in text.split(","):
+        raw = raw.strip()
+        if raw == ":":
+            parts.append(slice(None))
+        elif raw == "unit":
+            parts.append(unit)
+        else:
+            parts.append(int(raw))
+    return tuple(parts)
+
+
+def report_value(index: str, report: list[dict] | None) -> float:
+    """`report[group, label, stat]`: a statistic of one variant over its seeds (see variant_stats)."""
+    from nntrace.models.experiments import variant_stats
+
+    group, label, stat = (part.strip() for part in index.split(","))
+    stats = variant_stats([r for r in report or [] if r["group"] == group])
+    for s in stats:
+        if s["label"] == label:
+            return float(s[stat])
+    raise KeyError(f"the experiment report has no variant '{label}' in '{group}'")
+
+
+def operand_value(spec: str, trace, event, unit: int, layer: str | None = None,
+                  report: list[dict] | None = None) -> float | np.ndarray:
+    """An operand as the lesson names it: an event field (`f[unit]`, `patch[:, :, 0]`, `bias`),
+    `input[...]` (the previous layer's output), `output[...]` (this layer's output), `pixels[...]`
+    (the model input), `patch_rows` / `window_rows` (a kernel's height) or `report[group, label, stat]`."""
+    m = OPERAND.match(spec.replace(" ", ""))
+    if spec.replace(" ", "").startswith("report["):
+        return report_value(spec.strip()[len("report["):-1], report)
+    if not m:
+        raise KeyError(f"cannot read operand '{spec}'")
+    name, index = m.group("field"), m.group("index")
+    if name in ("patch_rows", "window_rows"):
+        return float(np.shape(getattr(event, name.split("_")[0]))[0])
+    if name == "input":
+        values = previous_output(trace, layer)
+    elif name == "output":
+        values = trace.output(layer)
+    elif name == "pixels":
+        values = np.asarray(trace.context["model_input"])[0]
+    else:
+        if event is None or not hasattr(event, name):
+            raise KeyError(f"operand '{spec}': the step has no field '{name}'")
+        values = getattr(event, name)
+    arr = np.asarray(values, dtype=np.float64)
+    if index in ("max", "min"):
+        return float(arr.max() if index == "max" else arr.min())
+    out = arr if index is None else arr[parse_index(index, unit)]
+    return float(out) if np.ndim(out) == 0 else out
+
+
+FUNCTIONS = {"sum": np.sum, "exp": np.exp, "tanh": np.tanh, "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
+             "relu": lambda z: np.maximum(z, 0), "max": np.max, "min": np.min, "mean": np.mean,
+             "floor": np.floor, "abs": np.abs, "count": lambda a: float(np.asarray(a).size)}
+
+
+def evaluate(formula: str, operands: dict[str, Any]) -> float:
+    """The lesson's formula over operand values (names, arithmetic and FUNCTIONS only)."""
+    if not re.fullmatch(r"[\w\s+\-*/().,]*", formula) or "__" in formula:
+        raise KeyError(f"formula '{formula}' may use names, numbers, + - * / and ( ) only")
+    return float(eval(formula, {"__builtins__": {}}, {**FUNCTIONS, **operands}))  # noqa: S307 — checked above
+
+
+# -- answers -----------------------------------------------------------------------------------
+def expected_answer(question: Question, trace, event, report: list[dict] | None = None, unit: int = 0,
+                    layer: str | None = None) -> float | str:
     """Read the answer from the trace (or the experiment report); never from the lesson file."""
     spec = question.answer
     if "experiment" in spec:
-        rows = [r for r in report or [] if r["group"] == spec["experiment"]]
-        if not rows:
-            raise KeyError(f"the experiment report has no group '{spec['experiment']}'")
-        best = max(rows, key=lambda r: r[spec.get("by", "keras_f1")])
-        return best["label"]
+        return experiment_answer(spec, report)
     if "output" in spec:
-        value = pick(trace.output(resolve_layer(spec["output"], trace)), spec.get("index"))
+        value = pick(trace.output(resolve_layer(spec["output"], trace)), spec.get("index"), unit)
     elif "field" in spec:
         if event is None:
             raise KeyError("the answer reads a step field but the step has no 'goto' position")
         if not hasattr(event, spec["field"]):
             raise KeyError(f"a {event.kind} step has no field '{spec['field']}'")
-        value = pick(getattr(event, spec["field"]), spec.get("index"))
+        value = pick(getattr(event, spec["field"]), spec.get("index"), unit)
     elif "prediction" in spec:
         probs = trace.probabilities
         return (trace.context.get("labels") or [str(i) for i in range(len(probs))])[int(np.argmax(probs))]
+    elif "formula" in spec:  # a what-if the trace does not hold (e.g. dropout in training)
+        value = evaluate(question.formula, {k: operand_value(v, trace, event, unit, layer, report)
+                                            for k, v in question.operands.items()})
+    elif "same_as_input" in spec:  # does a layer pass its input through unchanged?
+        name = resolve_layer(spec["same_as_input"], trace)
+        same = np.array_equal(trace.output(name), previous_output(trace, name))
+        return spec.get("names", ["yes", "no"])[0 if same else 1]
+    elif "compare" in spec:  # e.g. max vs average of a pooling window
+        a, b = (float(pick(getattr(event, f), i, unit)) for f, i in spec["compare"])
+        names = spec.get("names", ["first", "second", "equal"])
+        return names[0] if a > b + 1e-9 else names[1] if b > a + 1e-9 else names[2]
     else:
         raise KeyError(f"unknown answer {spec}")
     if spec.get("as") == "label":
         return (trace.context.get("labels") or [])[int(value)]
     if spec.get("as") == "yes_no":
         return "yes" if bool(value) else "no"
+    if spec.get("as") == "changes":
+        return "no" if bool(value) else "yes"
     return float(value) if not isinstance(value, str) else value
+
+
+def experiment_answer(spec: dict, report: list[dict] | None) -> str:
+    from nntrace.models.experiments import spread_reading, variant_stats
+
+    rows = [r for r in report or [] if r["group"] == spec["experiment"]]
+    if not rows:
+        raise KeyError(f"the experiment report has no group '{spec['experiment']}'")
+    stats = variant_stats(rows)
+    if spec.get("by") == "spread":  # is the best variant's lead inside the seed-to-seed spread?
+        best = max(stats, key=lambda s: s["val_mean"])
+        other = next(s for s in stats if s is not best)
+        return "noise" if abs(best["test_mean"] - other["test_mean"]) <= best["test_sd"] + other["test_sd"] \
+            else "real"
+    key = {"keras_f1": "test_mean", "val": "val_mean"}.get(spec.get("by", "keras_f1"), "test_mean")
+    return max(stats, key=lambda s: s[key])["label"]
 
 
 def options_for(question: Question, trace, report: list[dict] | None = None) -> list[str] | None:
     if question.options == "labels":
         return list(trace.context.get("labels") or [])
     if question.options == "variants":
-        return [r["label"] for r in report or [] if r["group"] == question.answer.get("experiment")]
+        return list(dict.fromkeys(r["label"] for r in report or [] if r["group"] == question.answer.get("experiment")))
     return question.options
 
 
@@ -227,9 +419,14 @@ def normalise(text: str) -> str:
     return " ".join(text.replace("×", "x").lower().split())
 
 
+def decimals(text: str) -> int:
+    return len(text.split(".")[1]) if "." in text else 0
+
+
 def check_answer(given: str, expected: float | str, tolerance: float, options: list[str] | None = None) -> bool:
-    """Numbers within `tolerance` (relative above 1); text as typed or, with options, by its number."""
-    given = given.strip()
+    """Text as typed or, with options, by its number. A number within `tolerance` (relative above
+    1), or typed to 2 or more decimals that the expected value rounds to (0.95 for 0.9512)."""
+    given = given.strip().replace("−", "-").replace(",", ".")
     if isinstance(expected, str):
         if options and given.isdigit() and 1 <= int(given) <= len(options):
             given = options[int(given) - 1]
@@ -238,27 +435,45 @@ def check_answer(given: str, expected: float | str, tolerance: float, options: l
         value = float(given)
     except ValueError:
         return False
-    return abs(value - expected) <= tolerance * max(1.0, abs(expected))
+    if not math.isfinite(value):
+        return False
+    if abs(value - expected) <= tolerance * max(1.0, abs(expected)):
+        return True
+    d = decimals(given.lstrip("+-"))
+    return d >= 2 and abs(value - expected) <= 0.5 * 10 ** -d + 1e-12
 
 
 def validate(lesson: Lesson, trace, report: list[dict] | None = None) -> None:
-    """Resolve every goto and answer against `trace`; LessonError naming the file and step."""
-    event = None
+    """Resolve every goto, operand and answer against `trace`; check that each compute question's
+    formula over its operands gives its answer. LessonError naming the file and step."""
+    event, layer = None, None
     for i, step in enumerate(lesson.steps):
         try:
             if step.goto:
                 layer, index = resolve_goto(step.goto, trace)
                 event = event_at(trace, layer, index) if trace.has_steps(layer) else None
-            if step.question:
-                answer = expected_answer(step.question, trace, event, report)
-                options = options_for(step.question, trace, report)
+            if step.report and report is not None and not any(r["group"] == step.report for r in report):
+                raise KeyError(f"the experiment report has no group '{step.report}'")
+            q = step.question
+            if q:
+                unit = resolve_unit(step.goto, trace, event)
+                answer = expected_answer(q, trace, event, report, unit, layer)
+                options = options_for(q, trace, report)
                 if options is not None and str(answer) not in options:
                     raise KeyError(f"the answer '{answer}' is not among the options {options}")
+                if q.kind == "compute" and not isinstance(answer, str):
+                    values = {k: operand_value(v, trace, event, unit, layer, report) for k, v in q.operands.items()}
+                    computed = evaluate(q.formula, values)
+                    if not check_answer(f"{computed:.6f}", float(answer), q.tolerance):
+                        raise KeyError(f"the formula '{q.formula}' gives {computed:.6f}, the trace {answer:.6f}")
         except (KeyError, IndexError, ValueError, TypeError) as exc:
             raise fail(lesson.path, i, str(exc).strip("'\"")) from exc
 
 
 # -- progress ------------------------------------------------------------------------------------
+OUTCOMES = ("first_try", "after_hint", "revealed")
+
+
 def state_file() -> Path:
     from nntrace.views.app_log import state_dir
 
@@ -267,33 +482,87 @@ def state_file() -> Path:
 
 @dataclass
 class Progress:
-    """Per lesson: the next step to show and whether it was finished. Saved on every change."""
+    """Per lesson: the next step, whether it was finished, and how each question was answered.
+    Saved on every change; a progress file that cannot be read is moved aside, never lost."""
 
     path: Path = field(default_factory=state_file)
     data: dict = field(default_factory=dict)
+    note: str = ""                   # what happened to an unreadable file, or why saving failed
 
     @classmethod
     def load(cls) -> "Progress":
         path = state_file()
-        data = json.loads(path.read_text()) if path.exists() else {}
-        return cls(path, data)
+        if not path.exists():
+            return cls(path, {})
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            backup = path.with_name(path.name + ".bak")
+            try:
+                path.replace(backup)
+                note = f"the progress file {path} could not be read ({exc}); it was moved to {backup}"
+            except OSError:
+                note = f"the progress file {path} could not be read ({exc})"
+            return cls(path, {}, note + "; starting fresh")
+        return cls(path, {k: v for k, v in data.items() if isinstance(v, dict)})
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        tmp.replace(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self.data, indent=1), encoding="utf-8")
+            tmp.replace(self.path)
+        except OSError as exc:
+            self.note = f"progress not saved: {exc}"
+
+    def entry(self, lesson: Lesson) -> dict:
+        return self.data.setdefault(lesson.id, {})
 
     def step_of(self, lesson: Lesson) -> int:
-        return int(self.data.get(lesson.id, {}).get("step", 0))
+        """The step to resume at, clamped to the lesson."""
+        raw = self.data.get(lesson.id, {}).get("step", 0)
+        step = raw if isinstance(raw, int) and not isinstance(raw, bool) else 0
+        return min(max(step, 0), len(lesson.steps) - 1)
 
     def done(self, lesson: Lesson) -> bool:
         return bool(self.data.get(lesson.id, {}).get("done", False))
 
+    def scores(self, lesson: Lesson) -> dict[str, str]:
+        raw = self.data.get(lesson.id, {}).get("scores", {})
+        return {k: v for k, v in raw.items() if v in OUTCOMES} if isinstance(raw, dict) else {}
+
+    def counts(self, lesson: Lesson) -> dict[str, int]:
+        scores = self.scores(lesson)
+        return {o: sum(1 for v in scores.values() if v == o) for o in OUTCOMES}
+
+    def passed(self, lesson: Lesson) -> bool:
+        """✓: finished with nothing revealed."""
+        return self.done(lesson) and self.counts(lesson)["revealed"] == 0
+
+    def label(self, lesson: Lesson) -> str:
+        """What `nntrace lessons` shows: ✓ only when nothing was revealed."""
+        c = self.counts(lesson)
+        tally = f"{c['first_try']} first try, {c['after_hint']} after a hint, {c['revealed']} revealed"
+        if self.done(lesson):
+            return ("✓ " if self.passed(lesson) else "done: ") + tally
+        if self.step_of(lesson) or any(c.values()):
+            return f"step {self.step_of(lesson) + 1}/{len(lesson.steps)}; {tally}"
+        return "·"
+
     def record(self, lesson: Lesson, step: int, done: bool = False) -> None:
-        entry = self.data.setdefault(lesson.id, {})
+        entry = self.entry(lesson)
         entry["step"] = step
-        entry["done"] = entry.get("done", False) or done
+        entry["done"] = bool(entry.get("done", False)) or done
+        self.save()
+
+    def score(self, lesson: Lesson, step: int, outcome: str) -> None:
+        """The first outcome of a question counts; a replay does not overwrite it."""
+        scores = self.entry(lesson).setdefault("scores", {})
+        if not isinstance(scores, dict):
+            scores = self.entry(lesson)["scores"] = {}
+        scores.setdefault(str(step), outcome)
         self.save()
 
     def reset(self, lesson: Lesson | None = None) -> None:
@@ -312,16 +581,19 @@ class Feedback:
 
 
 class LessonSession:
-    """Plays one lesson against a trace: where to go, what to ask, whether an answer is right."""
+    """Plays one lesson against a trace: where to go, what to ask and hide, whether an answer is
+    right, and how each question was answered."""
 
     def __init__(self, lesson: Lesson, trace, progress: Progress | None = None,
                  report: list[dict] | None = None, start: int | None = None) -> None:
         self.lesson, self.trace, self.progress, self.report = lesson, trace, progress, report
         self.index = start if start is not None else (progress.step_of(lesson) if progress else 0)
-        self.index = min(self.index, len(lesson.steps) - 1)
+        self.index = min(max(self.index, 0), len(lesson.steps) - 1)
         self.tries = 0
         self.answered = False
         self.event = None
+        self.layer: str | None = None
+        self.unit = 0
         self.position: tuple[str, int] | None = None
         self.enter()
 
@@ -334,18 +606,29 @@ class LessonSession:
         return self.index >= len(self.lesson.steps)
 
     def enter(self) -> None:
-        """Resolve the current step's position (the app moves there)."""
-        self.tries, self.answered = 0, self.step.question is None
+        """Resolve the current step's position (the app moves there) and its selected unit."""
+        self.tries, self.answered = 0, self.step.question is None and self.step.task is None
         if self.step.goto:
             self.position = resolve_goto(self.step.goto, self.trace)
-            layer, idx = self.position
-            self.event = event_at(self.trace, layer, idx) if self.trace.has_steps(layer) else None
+            self.layer, idx = self.position
+            self.event = event_at(self.trace, self.layer, idx) if self.trace.has_steps(self.layer) else None
+            self.unit = resolve_unit(self.step.goto, self.trace, self.event)
+
+    def hidden(self) -> frozenset:
+        """The quantities the screen withholds while the question is open."""
+        q = self.step.question
+        return frozenset(q.hide) if q and not self.answered else frozenset()
 
     def expected(self) -> float | str:
-        return expected_answer(self.step.question, self.trace, self.event, self.report)
+        return expected_answer(self.step.question, self.trace, self.event, self.report, self.unit, self.layer)
 
     def options(self) -> list[str] | None:
         return options_for(self.step.question, self.trace, self.report) if self.step.question else None
+
+    def operands(self) -> dict[str, float | np.ndarray]:
+        q = self.step.question
+        return {k: operand_value(v, self.trace, self.event, self.unit, self.layer, self.report)
+                for k, v in q.operands.items()}
 
     def answer(self, given: str) -> Feedback:
         q = self.step.question
@@ -354,12 +637,33 @@ class LessonSession:
         expected = self.expected()
         if check_answer(given, expected, q.tolerance, self.options()):
             self.answered = True
+            self.score("first_try" if self.tries == 0 else "after_hint")
             return Feedback(True, f"Correct: {format_answer(expected)}.")
         self.tries += 1
         if self.tries >= MAX_TRIES:
             self.answered = True
+            self.score("revealed")
             return Feedback(False, f"The answer is {format_answer(expected)}.", revealed=True)
-        return Feedback(False, f"Not quite. Hint: {q.hint or 'look again at the highlighted step.'}")
+        return Feedback(False, f"Not quite. Hint: {q.hint or 'look again at the numbers on screen.'}")
+
+    def check_task(self, replay) -> Feedback:
+        """An open task, checked against the learner's own trace and cursor (the replay model)."""
+        task = self.step.task
+        ok, why = task_done(task, replay, self.trace, self.step.goto)
+        if ok:
+            self.answered = True
+            self.score("first_try" if self.tries == 0 else "after_hint")
+            return Feedback(True, f"Done: {why}.")
+        self.tries += 1
+        if self.tries >= MAX_TRIES + 2:  # open tasks get more tries before the way is shown
+            self.answered = True
+            self.score("revealed")
+            return Feedback(False, f"Not yet ({why}). {task.hint}", revealed=True)
+        return Feedback(False, f"Not yet: {why}. Hint: {task.hint}")
+
+    def score(self, outcome: str) -> None:
+        if self.progress:
+            self.progress.score(self.lesson, self.index, outcome)
 
     def next(self) -> bool:
         """Move on (only once the question is answered or revealed); False when the lesson ends."""
@@ -372,6 +676,41 @@ class LessonSession:
             return False
         self.enter()
         return True
+
+
+def task_done(task: Task, replay, original, goto: dict | None) -> tuple[bool, str]:
+    """(done, what the trace says) for an open task."""
+    e = replay.event
+    if task.kind == "flip_prediction":
+        labels = replay.trace.context.get("labels") or []
+        before, now = int(np.argmax(original.probabilities)), int(np.argmax(replay.trace.probabilities))
+        name = lambda k: labels[k] if k < len(labels) else str(k)  # noqa: E731
+        if replay.trace is original:
+            return False, f"the sentence is still the lesson's (predicted {name(before)}); press t to type one"
+        if now == before:
+            return False, f"your sentence is still predicted {name(now)}"
+        return True, f"'{replay.trace.context.get('text', '')}' is predicted {name(now)}, not {name(before)}"
+    if task.kind == "forget_closes":
+        if e is None or e.kind != "lstm_step":
+            return False, "the cursor is not on an LSTM step"
+        if e.masked:
+            return False, "this token is padding: its step did not happen"
+        f = float(e.f[replay.unit])
+        lowest = min(float(ev.f.min()) for ev in replay.sweep() if not ev.masked)
+        if f <= lowest:
+            return True, f"unit {replay.unit} keeps only {f:.4f} of its cell at token {e.time}: the lowest f of this sweep"
+        return False, f"f of unit {replay.unit} at token {e.time} is {f:.4f}; somewhere in this sweep it is lower"
+    if task.kind == "max_patch":
+        layer = resolve_layer((goto or {}).get("layer", "first:Conv2D"), replay.trace)
+        f = most_active_filter(replay.trace, layer)
+        if e is None or e.kind != "conv_patch" or replay.layer[0] != layer or e.filter != f:
+            return False, f"the cursor is not on a cell of filter {f} of {layer}"
+        out = replay.trace.output(layer)[..., f]
+        r, c = np.unravel_index(int(np.argmax(out)), out.shape)
+        if (e.row, e.col) == (int(r), int(c)):
+            return True, f"filter {f} fires most at row {e.row}, col {e.col}"
+        return False, f"filter {f} gives {e.value:+.4f} at row {e.row}, col {e.col}; somewhere it gives more"
+    return False, f"unknown task {task.kind}"
 
 
 def format_answer(value: float | str) -> str:

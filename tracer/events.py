@@ -66,6 +66,10 @@ class ConvPatch(Event):
     activation: str = "linear"
     padding: np.ndarray = None          # (kh, kw) True where the cell is padding
     origin: tuple = (0, 0)              # input (row, col) of the patch's top-left cell (may be < 0)
+    input_size: tuple = ()              # (rows, cols) of the layer's input
+    strides: tuple = (1, 1)
+    pad: tuple = (0, 0)                 # total padding added to (rows, cols): top + bottom, left + right
+    output_size: tuple = ()             # (rows, cols) of the output: ⌊(n + pad − k)/s⌋ + 1
     KIND: ClassVar[str] = "conv_patch"
 
     @property
@@ -84,6 +88,10 @@ class PoolWindow(Event):
     winner: Optional[tuple] = None      # (i, j) inside the window, for max
     value: float = 0.0
     origin: tuple = (0, 0)
+    input_size: tuple = ()              # (rows, cols) of the layer's input
+    strides: tuple = (1, 1)
+    pad: tuple = (0, 0)                 # total padding added to (rows, cols): top + bottom, left + right
+    output_size: tuple = ()             # (rows, cols) of the output: ⌊(n + pad − k)/s⌋ + 1
     KIND: ClassVar[str] = "pool_window"
 
     @property

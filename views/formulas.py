@@ -24,13 +24,15 @@ def plain(value: float, digits: int = DIGITS) -> str:
     return f"{float(value):.{digits}f}" if value >= 0 else num(value, digits)
 
 
+def term(value: float, digits: int = DIGITS) -> str:
+    """A number added to what precedes it: `+ 0.2500`, `− 0.5000`."""
+    text = num(value, digits)
+    return f"{'+' if text[0] == '+' else '−'} {text[1:]}"
+
+
 def terms(values: Iterable[float], digits: int = DIGITS) -> str:
     """`+0.4100 − 0.1200 + 1.0000`: a sum written term by term (the operator minus is `−`)."""
-    out = ""
-    for k, v in enumerate(values):
-        text = num(v, digits)
-        out += text if k == 0 else f" {'+' if text[0] == '+' else '−'} {text[1:]}"
-    return out
+    return " ".join(num(v, digits) if k == 0 else term(v, digits) for k, v in enumerate(values))
 
 
 def symbol(activation: str) -> str:

@@ -180,16 +180,23 @@ class Heatmap:
 
 
 def number_grid(values: np.ndarray, fmt: str = "{:7.3f}", scale: float | None = None,
-                special: np.ndarray | None = None, special_style: str = "dim italic") -> Text:
-    """A small 2-D array as coloured numbers; cells where `special` is true use `special_style`."""
+                special: np.ndarray | None = None, special_style: str = "dim italic", withheld: bool = False,
+                special_text: str | None = None) -> Text:
+    """A small 2-D array as coloured numbers; cells where `special` is true use `special_style`;
+    `withheld` shows `?` in every cell (a lesson question is open)."""
+    if withheld:
+        width = len(fmt.format(0.0))
+        return Text("\n".join(" ".join("?".rjust(width) for _ in row) for row in np.atleast_2d(values)) + "\n")
     v = np.asarray(values, np.float32)
     scale = float(np.nanmax(np.abs(v))) if scale is None and v.size else (scale or 1.0)
     text = Text()
     for r, row in enumerate(v):
         for c, x in enumerate(row):
-            style = special_style if special is not None and special[r, c] else f"bold {heat(float(x), scale)}"
-            text.append((fmt.format(x) if np.isfinite(x) else " " * (len(fmt.format(0.0)) - 3) + "pad") + " ",
-                        style=style)
+            is_special = special is not None and special[r, c]
+            style = special_style if is_special else f"bold {heat(float(x), scale)}"
+            pad = " " * (len(fmt.format(0.0)) - 3) + "pad"
+            shown = pad if (is_special and special_text) or not np.isfinite(x) else fmt.format(x)
+            text.append(shown + " ", style=style)
         text.append("\n")
     return text
 

@@ -17,7 +17,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from nntrace.views.formulas import applied, factor, num, plain, symbol, terms
+from nntrace.views.formulas import applied, factor, num, plain, symbol, term, terms
 from nntrace.views.render import (Heatmap, Scale, bar, half_block_heatmap, half_block_image, number_grid,
                                   side_by_side, stack)
 from nntrace.views.replay import RECURRENT, Replay, token_label
@@ -30,10 +30,15 @@ class ViewContext:
     keras: np.ndarray | None = None  # Keras's output of this layer for the sample, when shown
     width: int = 100                 # columns available
     keras_diff: float | None = None  # max |scratch − Keras| of the layer, when known
+    hidden: frozenset = frozenset()  # quantities withheld until a lesson question is answered
 
     @property
     def trace(self):
         return self.replay.trace
+
+    def shown(self, name: str, text: str) -> str:
+        """`text`, or `?` while the quantity `name` is withheld."""
+        return "?" if name in self.hidden else text
 
 
 def line(ctx: ViewContext, full: str, short: str, reserve: int = 0) -> str:
@@ -48,8 +53,8 @@ def fit(blocks: list, width: int, gap: int = 3):
     return row if row.width <= width else stack(*blocks)
 
 
-def keras_note(text: Text, ctx: ViewContext, index: tuple) -> None:
-    if ctx.keras is not None:
+def keras_note(text: Text, ctx: ViewContext, index: tuple, name: str = "value") -> None:
+    if ctx.keras is not None and name not in ctx.hidden:
         text.append(f"   Keras: {num(float(ctx.keras[index]))}", style="italic")
 
 
@@ -65,12 +70,23 @@ def legends(maps: list[Heatmap]) -> Text:
     return text
 
 
-def activation_line(activation: str, z: float, value: float) -> Text:
+def activation_line(ctx: ViewContext, activation: str, z: float, value: float) -> Text:
     """`out = relu(z) = relu(+0.0890) = +0.0890` (or `out = z = …` when linear)."""
     text = Text(f"out = {applied(activation, 'z')} = ")
     if symbol(activation):
-        text.append(f"{applied(activation, num(z))} = ")
-    text.append(num(value), style="bold reverse")
+        text.append(f"{applied(activation, ctx.shown('pre_activation', num(z)))} = ")
+    text.append(ctx.shown("value", num(value)), style="bold reverse")
+    return text
+
+
+def size_line(ctx: ViewContext, e) -> Text:
+    """The output-size formula with the event's own geometry: ⌊(n + pad − k)/s⌋ + 1, per axis."""
+    k = e.patch.shape[:2] if e.kind == "conv_patch" else e.window.shape
+    text = Text("", style="dim")
+    for axis, name in enumerate(("rows", "cols")):
+        n, pad, s, out = e.input_size[axis], e.pad[axis], e.strides[axis], e.output_size[axis]
+        text.append(f"{'' if axis == 0 else chr(10)}output {name} = ⌊(n + pad − k)/s⌋ + 1 = "
+                    f"⌊({n} + {pad} − {k[axis]})/{s}⌋ + 1 = {ctx.shown('output_size', str(out))}")
     return text
 
 
@@ -103,32 +119,40 @@ def conv_view(ctx: ViewContext) -> Group:
     equation = Text()
     if cin <= 4:
         names = " + ".join(f"ch{ch}" for ch in range(cin))
-        equation.append(line(ctx, f"Σ products = {names} = {terms(sums)} = {num(e.total)}",
-                             f"Σ products = {terms(sums)} = {num(e.total)}") + "\n")
+        summed = ctx.shown("channel_totals", terms(sums))
+        total = ctx.shown("total", num(e.total))
+        equation.append(line(ctx, f"Σ products = {names} = {summed} = {total}", f"Σ products = {summed} = {total}")
+                        + "\n")
     else:
-        equation.append(f"Σ products = the sum of the {cin} channel sums listed below = {num(e.total)}\n")
-    equation.append(f"z = Σ products + bias = {terms((e.total, e.bias))} = {num(e.pre_activation)}\n")
-    equation.append(activation_line(e.activation, e.pre_activation, e.value))
+        equation.append(f"Σ products = the sum of the {cin} channel sums listed below = "
+                        f"{ctx.shown('total', num(e.total))}\n")
+    equation.append(f"z = Σ products + bias = {ctx.shown('total', num(e.total))} {term(e.bias)} = "
+                    f"{ctx.shown('pre_activation', num(e.pre_activation))}\n")
+    equation.append(activation_line(ctx, e.activation, e.pre_activation, e.value))
     keras_note(equation, ctx, (e.row, e.col, e.filter))
     parts: list = [title, equation]
+    if e.input_size:
+        parts.append(size_line(ctx, e))
     if cin > 4:
         per_row = max(1, (ctx.width - 2) // 14)
         lines = Text("channel sums: ", style="dim")
         for ch, value in enumerate(sums):
-            lines.append(f"{'' if ch % per_row else chr(10)}ch{ch} {num(value)}  ")
+            lines.append(f"{'' if ch % per_row else chr(10)}ch{ch} {ctx.shown('channel_totals', num(value))}  ")
         parts.append(lines)
     rows = []
     for ch in range(min(cin, 3)):
         grids = [stack(Text(label, style="dim"), grid) for label, grid in zip(
             [f"patch ch{ch}", f"× kernel ch{ch}", f"= products ch{ch}"],
-            [number_grid(e.patch[..., ch], "{:+.3f}", special=e.padding), number_grid(e.kernel[..., ch], "{:+.3f}"),
-             number_grid(e.products[..., ch], "{:+.3f}")])]
+            [number_grid(e.patch[..., ch], "{:+.3f}", special=e.padding, special_text="pad"),
+             number_grid(e.kernel[..., ch], "{:+.3f}"),
+             number_grid(e.products[..., ch], "{:+.3f}", withheld="products" in ctx.hidden)])]
         rows.append(fit(grids, ctx.width))
-        rows.append(Text(f"ch{ch}: Σ of these {kh * kw} products = {num(sums[ch])}", style="dim"))
+        rows.append(Text(f"ch{ch}: Σ of these {kh * kw} products = {ctx.shown('channel_totals', num(sums[ch]))}",
+                         style="dim"))
     if cin > 3:
         rows.append(Text(f"channels 0–2 of {cin} shown; every channel's sum is listed above", style="dim"))
     parts.append(stack(*rows))
-    parts.append(Text(f"padding cells (dim) hold 0" if e.padding.any() else "", style="dim"))
+    parts.append(Text("padding cells (pad) hold 0" if e.padding.any() else "", style="dim"))
     parts.append(pictures(ctx, e))
     return Group(*parts)
 
@@ -144,6 +168,8 @@ def pictures(ctx: ViewContext, e) -> Any:
             (source - lo) / max(hi - lo, 1e-6) * 255, (e.origin[0], e.origin[1], kh, kw))))
     seen = ctx.replay.feature_map_so_far()
     if seen is not None:
+        if "value" in ctx.hidden:
+            seen[e.row, e.col] = np.nan
         scale = Scale.signed(ctx.trace.output(e.layer)[..., e.filter])
         blocks.append(stack(Text(f"filter {e.filter}'s map so far", style="dim"),
                             half_block_heatmap(seen, scale, hidden=np.isnan(seen), mark=(e.row, e.col)),
@@ -174,14 +200,16 @@ def pool_view(ctx: ViewContext) -> Group:
         text.append(f"max({', '.join(num(v) for v in real)}) = ")
     else:
         text.append(f"({terms(real)}) / {len(real)} = ")
-    text.append(num(e.value), style="bold reverse")
+    text.append(ctx.shown("value", num(e.value)), style="bold reverse")
     keras_note(text, ctx, (e.row, e.col, e.channel))
-    if e.winner is not None:
+    if e.winner is not None and "value" not in ctx.hidden:
         text.append(f"\nthe winner sits at window cell (row {e.winner[0]}, col {e.winner[1]})", style="dim")
     if not e.real.all():
         text.append(f"\n{int((~e.real).sum())} window cells are padding (pad) and take no part", style="dim")
     seen = ctx.replay.feature_map_so_far()
     blocks = [stack(Text("window:", style="dim"), number_grid(e.window, "{:+.4f}", special=~e.real))]
+    if e.input_size:
+        blocks.append(size_line(ctx, e))
     if seen is not None:
         scale = Scale.signed(ctx.trace.output(e.layer)[..., e.channel])
         blocks.append(stack(Text(f"channel {e.channel}'s map so far", style="dim"),
@@ -203,21 +231,23 @@ def dense_view(ctx: ViewContext) -> Group:
     title = Text(f"{e.layer}: unit {e.unit} ({e.activation})", style="bold")
     top_sum = float(np.sum(e.contributions, dtype=np.float64))
     eq = Text()
-    eq.append(f"Σ x·w = the top {k} + the other {e.n_inputs - k} = {terms((top_sum, e.rest))} = {num(e.total)}\n")
-    eq.append(f"z = Σ x·w + bias = {terms((e.total, e.bias))} = {num(e.pre_activation)}\n")
+    eq.append(f"Σ x·w = the top {k} + the other {e.n_inputs - k} = {ctx.shown('top_sum', num(top_sum))} {term(e.rest)}"
+              f" = {ctx.shown('total', num(e.total))}\n")
+    eq.append(f"z = Σ x·w + bias = {ctx.shown('total', num(e.total))} {term(e.bias)} = "
+              f"{ctx.shown('pre_activation', num(e.pre_activation))}\n")
     if e.activation == "softmax":
         eq.append("z is this unit's logit; the layer's last step (softmax) makes the probabilities", style="dim")
     else:
-        eq.append(activation_line(e.activation, e.pre_activation, e.value))
+        eq.append(activation_line(ctx, e.activation, e.pre_activation, e.value))
         keras_note(eq, ctx, (e.unit,))
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
-    table.add_column("input #", justify="right")
-    table.add_column("x·w", justify="right")
+    listing = Text()
     scale = Scale.signed(e.contributions)
-    for idx, contribution in zip(e.inputs, e.contributions):
-        table.add_row(str(int(idx)), Text(num(contribution), style=scale.colour(float(contribution))))
-    return Group(title, eq, Text(f"\nthe {k} largest |x·w| of {e.n_inputs} inputs:", style="dim"), table,
-                 Text(f"Σ of the {k} above = {num(top_sum)}", style="dim"))
+    per_line = max(1, (ctx.width - 1) // 16)
+    for j, (idx, contribution) in enumerate(zip(e.inputs, e.contributions)):
+        listing.append(("\n" if j and j % per_line == 0 else "") + f"#{int(idx):<5d}", style="dim")
+        listing.append(f"{num(contribution)}   ", style=scale.colour(float(contribution)))
+    return Group(title, eq, Text(f"the {k} largest |x·w| of {e.n_inputs} inputs (#input x·w):", style="dim"),
+                 listing, Text(f"Σ of the {k} above = {ctx.shown('top_sum', num(top_sum))}", style="dim"))
 
 
 def class_labels(trace, n: int) -> list[str]:
@@ -238,24 +268,28 @@ def softmax_view(ctx: ViewContext) -> Group:
     best = int(np.argmax(e.probabilities))
     z_max = float(np.max(e.logits))
     eq = Text(f"{e.layer}: softmax over {len(labels)} classes; class {k} '{labels[k]}' selected (↑/↓)\n", style="bold")
-    values = f"exp({terms((e.logits[k], -z_max))}) / {plain(e.total)} = {plain(e.exps[k])} / {plain(e.total)} = "
+    exp_k, total, p_k = (ctx.shown("exps", plain(e.exps[k])), ctx.shown("exps", plain(e.total)),
+                         ctx.shown("probabilities", plain(e.probabilities[k])))
+    values = f"exp({terms((e.logits[k], -z_max))}) / {total} = {exp_k} / {total} = "
     eq.append(line(ctx, f"p = exp(z − z_max) / Σ exp = {values}", f"p = {values}", 8))
-    eq.append(plain(e.probabilities[k]), style="bold reverse")
-    keras_note(eq, ctx, (k,))
-    eq.append(f"\nΣ exp = {terms(e.exps)} = {plain(e.total)}" if len(labels) <= 4 else
-              f"\nΣ exp (the column below) = {plain(e.total)}")
-    eq.append(f"\nthe prediction: class {best} '{labels[best]}'", style="dim")
+    eq.append(p_k, style="bold reverse")
+    keras_note(eq, ctx, (k,), "probabilities")
+    eq.append(f"\nΣ exp = {ctx.shown('exps', terms(e.exps))} = {total}" if len(labels) <= 4 else
+              f"\nΣ exp (the column below) = {total}")
+    if "prediction" not in ctx.hidden and "probabilities" not in ctx.hidden:
+        eq.append(f"\nthe prediction: class {best} '{labels[best]}'", style="dim")
     narrow = ctx.width < 70
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
     columns = ["class", "logit z", "exp(z − z_max)", "p"] + ([] if narrow else [""]) + ["Keras"]
     for col in columns:
         table.add_column(col, justify="left" if col in ("class", "") else "right", no_wrap=True)
+    secret = "probabilities" in ctx.hidden or "prediction" in ctx.hidden
     for i, label in enumerate(labels):
-        style = "reverse" if i == k else ("bold" if i == best else "")
-        row = [Text(f"{i} {label}"[:14], style=style), num(e.logits[i]), plain(e.exps[i]),
-               Text(plain(e.probabilities[i]), style=style)]
-        row += [] if narrow else [bar(float(e.probabilities[i]), 12)]
-        row.append("…" if ctx.keras is None else plain(float(ctx.keras[i])))
+        style = "reverse" if i == k else ("bold" if i == best and not secret else "")
+        row = [Text(f"{i} {label}"[:14], style=style), num(e.logits[i]), ctx.shown("exps", plain(e.exps[i])),
+               Text(ctx.shown("probabilities", plain(e.probabilities[i])), style=style)]
+        row += [] if narrow else ["" if secret else bar(float(e.probabilities[i]), 12)]
+        row.append("…" if ctx.keras is None or secret else plain(float(ctx.keras[i])))
         table.add_row(*row)
     return Group(eq, table)
 
@@ -266,7 +300,8 @@ def embedding_view(ctx: ViewContext) -> Group:
     tag = " (padding, masked)" if e.padding else " (out of vocabulary: read as [UNK])" if e.oov else ""
     text = Text(f"{e.layer}: position {e.position}, token ", style="bold")
     text.append("[pad]" if e.padding or e.token is None else repr(e.token))
-    text.append(f" → row {e.token_id} of the embedding table{tag}\n")
+    text.append(f" → row {ctx.shown('token_id', str(e.token_id))} of the embedding table"
+                f"{'' if 'token_id' in ctx.hidden else tag}\n")
     shown = min(len(e.vector), 16 if ctx.width >= 100 else 8)
     return Group(text, Text(f"the vector (elements 0–{shown - 1} of {len(e.vector)}):", style="dim"),
                  number_grid(e.vector[None, :shown], "{:+.4f}"))
@@ -274,15 +309,26 @@ def embedding_view(ctx: ViewContext) -> Group:
 
 def dropout_view(ctx: ViewContext) -> Text:
     e = ctx.event
-    return Text(f"{e.layer}: dropout with rate {e.rate} is the identity at inference: "
-                "the output equals the input. In training it would zero each value with probability "
-                f"{e.rate} and scale the rest by 1/(1−{e.rate}).")
+    text = Text(f"{e.layer}: dropout, rate {e.rate}\n", style="bold")
+    source, out = layer_input(ctx.trace, e.layer), ctx.trace.output(e.layer)
+    if source is not None:
+        n = min(4, np.size(out))
+        text.append(f"input[0:{n}]  = {', '.join(num(v) for v in np.ravel(source)[:n])}\n")
+        text.append(f"output[0:{n}] = {ctx.shown('output', ', '.join(num(v) for v in np.ravel(out)[:n]))}\n")
+    if "output" not in ctx.hidden:
+        text.append("At inference dropout is the identity: the output equals the input. ", style="dim")
+    text.append(f"In training it zeroes each value with probability {e.rate} and scales the rest by "
+                f"1/(1 − {e.rate}).", style="dim")
+    return text
 
 
 def flatten_view(ctx: ViewContext) -> Text:
     e = ctx.event
     c = e.input_shape[-1] if len(e.input_shape) == 3 else 1
-    text = Text(f"{e.layer}: {e.input_shape} → {len(e.sources)} values, row by row, channels last.\n")
+    size = ctx.shown("size", str(len(e.sources)))
+    text = Text(f"{e.layer}: {' × '.join(map(str, e.input_shape))} → {size} values, row by row, channels last.\n")
+    if "size" in ctx.hidden:
+        return text
     for k in (0, 1, c - 1 if c > 1 else 1, c, len(e.sources) - 1):
         if 0 <= k < len(e.sources):
             text.append(f"  flat[{k}] ← cell {tuple(int(v) for v in e.sources[k])}\n")
@@ -315,7 +361,8 @@ def recurrent_heatmaps(ctx: ViewContext, columns: int | None = None) -> list[Hea
         grid = np.full((units, len(window)), np.nan, np.float32)
         for ev in shown:
             value = getattr(ev, name)
-            if value is not None:  # a masked step has no gates
+            withheld = ev is e and (name in ctx.hidden or e.masked and "masked" in ctx.hidden)
+            if value is not None and not withheld:  # a masked step has no gates
                 grid[:, ev.time - window.start] = value
         if name in ("i", "f", "o") and ev_activation(e) == "sigmoid":
             scale = Scale.gate()
@@ -344,6 +391,11 @@ def step_equations(ctx: ViewContext) -> Text:
     e, u = ctx.event, ctx.replay.unit
     text = Text()
     if e.masked:
+        if "masked" in ctx.hidden:  # a lesson asks what happens here before showing it
+            text.append(f"token {e.time} {token_label(ctx.trace, e.time)}: what happens to c and h here? "
+                        f"(before this step: c_prev = {num(e.c_prev[u]) if e.kind == 'lstm_step' else '—'}, "
+                        f"h_prev = {num(e.h_prev[u])})", style="bold")
+            return text
         text.append(f"token {e.time} {token_label(ctx.trace, e.time)} is masked (padding): this step did not "
                     "happen, so the states carry over unchanged.\n", style="bold yellow")
         if e.kind == "lstm_step":
@@ -355,8 +407,9 @@ def step_equations(ctx: ViewContext) -> Text:
         for row, gate in enumerate(GATES):
             act = e.activation if gate == "g" else e.recurrent_activation
             value = getattr(e, gate)[u]
+            pre = ctx.shown("pre_activation", num(e.pre_activation[row, u]))
             numbers = (f"{applied(act, terms((e.x_part[row, u], e.h_part[row, u], e.bias[row, u])))} = "
-                       f"{applied(act, num(e.pre_activation[row, u]))} = {num(value) if gate == 'g' else plain(value)}")
+                       f"{applied(act, pre)} = {ctx.shown(gate, num(value) if gate == 'g' else plain(value))}")
             gates.append((gate, f"{applied(act, f'x·W_{gate} + h_prev·U_{gate} + b_{gate}')} = ", numbers))
         full = all(len(f"{g} = {symbolic}{numbers}") <= ctx.width for g, symbolic, numbers in gates)
         if not full:
@@ -364,16 +417,17 @@ def step_equations(ctx: ViewContext) -> Text:
                         f"g uses {symbol(e.activation)}\n", style="dim")
         for gate, symbolic, numbers in gates:
             text.append(f"{gate} = {symbolic if full else ''}{numbers}\n")
-        text.append(f"c = f·c_prev + i·g = {factor(e.f[u])}·{factor(e.c_prev[u])} + {factor(e.i[u])}·{factor(e.g[u])}"
-                    f" = ")
-        text.append(f"{num(e.c[u])}\n", style="bold")
-        text.append(f"h = o·{applied(e.activation, 'c')} = {factor(e.o[u])}·{applied(e.activation, num(e.c[u]))} = ")
-        text.append(num(e.h[u]), style="bold reverse")
+        f, i, g, o = (ctx.shown(n, factor(getattr(e, n)[u])) for n in "figo")
+        c = ctx.shown("c", num(e.c[u]))
+        text.append(f"c = f·c_prev + i·g = {f}·{factor(e.c_prev[u])} + {i}·{g} = ")
+        text.append(f"{c}\n", style="bold")
+        text.append(f"h = o·{applied(e.activation, 'c')} = {o}·{applied(e.activation, c)} = ")
+        text.append(ctx.shown("h", num(e.h[u])), style="bold reverse")
     else:
         numbers = (f"{applied(e.activation, terms((e.x_part[u], e.h_part[u], e.bias[u])))} = "
-                   f"{applied(e.activation, num(e.pre_activation[u]))} = ")
+                   f"{applied(e.activation, ctx.shown('pre_activation', num(e.pre_activation[u])))} = ")
         text.append(line(ctx, f"h = {applied(e.activation, 'x·W + h_prev·U + b')} = {numbers}", f"h = {numbers}", 9))
-        text.append(num(e.h[u]), style="bold reverse")
+        text.append(ctx.shown("h", num(e.h[u])), style="bold reverse")
     return text
 
 
@@ -385,8 +439,11 @@ def recurrent_view(ctx: ViewContext) -> Group:
     n_maps = 6 if lstm else 4
     columns = max(3, (ctx.width - 2) // n_maps - 2)
     kind = "LSTM" if lstm else "SimpleRNN"
-    head = Text(f"{e.layer}: {kind} {e.direction} sweep, token {e.time} {token_label(ctx.trace, e.time)}, "
+    where = ctx.shown("position", f"{e.time} {token_label(ctx.trace, e.time)}")
+    head = Text(f"{e.layer}: {kind} {e.direction} sweep, token {where}, "
                 f"unit {ctx.replay.unit} of 0–{len(e.h) - 1}\n", style="bold")
+    if lstm and not e.masked and "f" not in ctx.hidden:
+        head.append(f"mean f over the {len(e.f)} units at this token: {plain(float(np.mean(e.f)))}\n", style="dim")
     maps = recurrent_heatmaps(ctx, columns)
     window = range(maps[0].first_col, maps[0].first_col + maps[0].values.shape[1])
     tokens = Text("tokens: " + ("… " if window.start > 0 else ""), style="dim")
@@ -394,7 +451,7 @@ def recurrent_view(ctx: ViewContext) -> Group:
     oov_id = ctx.trace.context.get("oov_id")
     for t in window:
         oov = ids is not None and t < len(ids) and oov_id is not None and ids[t] == oov_id
-        style = "reverse bold" if t == e.time else ""
+        style = "reverse bold" if t == e.time and "position" not in ctx.hidden else ""
         tokens.append(f"{t}:{token_text(ctx.trace, t)}{'*' if oov else ''}", style=style)
         tokens.append(" ")
     if window.stop < n_time:
@@ -429,14 +486,14 @@ def merge_view(ctx: ViewContext) -> Group:
     elif mode == "concat":
         half = "forward" if u < n else "backward"
         text.append(f"merged[{u}] = {half}[{u if u < n else u - n}] = ")
-        text.append(num(merged[u]), style="bold reverse")
+        text.append(ctx.shown("merged", num(merged[u])), style="bold reverse")
         text.append(f"\nconcat: units 0–{n - 1} are the forward sweep's, {n}–{2 * n - 1} the backward sweep's{where}",
                     style="dim")
     else:
         op = {"sum": f"{num(fwd[u])} + {num(bwd[u])}", "mul": f"{factor(fwd[u])}·{factor(bwd[u])}",
               "ave": f"({num(fwd[u])} + {num(bwd[u])}) / 2"}[mode]
         text.append(f"merged[{u}] = {op} = ")
-        text.append(num(merged[u]), style="bold reverse")
+        text.append(ctx.shown("merged", num(merged[u])), style="bold reverse")
         text.append(f"   (unit {u}{where})", style="dim")
     maps = merge_heatmaps(ctx)
     table = Table.grid(padding=(0, 1))
@@ -460,19 +517,51 @@ def input_picture(ctx: ViewContext) -> list:
     return [Text(caption, style="bold"), half_block_image(pixels)]
 
 
+def corner_grids(ctx: ViewContext, out: np.ndarray) -> list:
+    """The top-left 3×3 pixels (0–255, per channel) and the same cells of this layer's output."""
+    x = ctx.trace.context.get("model_input")
+    if not isinstance(x, np.ndarray) or x.ndim != 4:
+        return []
+    names = ["red", "green", "blue"] if x.shape[-1] == 3 else [f"ch{c}" for c in range(x.shape[-1])]
+    pixels = [stack(Text(f"{n} (0–255)", style="dim"), number_grid(x[0, :3, :3, c], "{:5.0f}"))
+              for c, n in enumerate(names)]
+    parts: list = [Text("the top-left 3×3 pixels (rows 0–2 down, cols 0–2 across):", style="dim"),
+                   fit(pixels, ctx.width)]
+    if out.ndim == 3 and out.shape[:2] == x.shape[1:3] and out.shape[-1] == x.shape[-1]:
+        grids = [stack(Text(f"{n} after {ctx.replay.layer[0]}", style="dim"),
+                       number_grid(out[:3, :3, c], "{:.4f}", withheld="output" in ctx.hidden))
+                 for c, n in enumerate(names)]
+        parts.append(fit(grids, ctx.width))
+    return parts
+
+
+def token_ids_line(ctx: ViewContext, out: np.ndarray) -> Text:
+    """position:token → id for a TextVectorization output."""
+    text = Text("position:token → id   ", style="dim")
+    for t, tid in enumerate(np.ravel(out)):
+        text.append(f"{t}:{token_text(ctx.trace, t)}→{ctx.shown('output', str(int(tid)))}  ")
+    return text
+
+
 def summary_view(ctx: ViewContext) -> Group:
     name, cls = ctx.replay.layer
     out = ctx.trace.output(name)
+    withheld = "output" in ctx.hidden
     text = Text(f"{name} ({cls}) → output {tuple(out.shape)} for this input\n", style="bold")
-    text.append(f"min {num(np.min(out))}  max {num(np.max(out))}  mean {num(np.mean(out))}\n")
+    text.append(f"min {ctx.shown('output', num(np.min(out)))}  max {ctx.shown('output', num(np.max(out)))}  "
+                f"mean {ctx.shown('output', num(np.mean(out)))}\n")
     if ctx.keras_diff is not None:
         text.append(f"max |scratch − Keras| over this layer: {ctx.keras_diff:.2e}\n", style="italic")
     if not ctx.replay.has_steps():
         text.append("this layer's steps were not recorded in this trace\n" if ctx.trace.model is None
                     else "this layer has no step-by-step view: n or ] goes on\n", style="dim")
     parts: list[Any] = [text]
+    if cls == "TextVectorization":
+        parts.append(token_ids_line(ctx, out))
     if ctx.replay.layer_index == 0:
-        parts += input_picture(ctx)
+        parts += corner_grids(ctx, out) + input_picture(ctx)
+    if withheld:
+        return Group(*parts)
     if out.ndim == 3:
         ch = int(np.argmax(np.abs(out).mean(axis=(0, 1))))
         scale = Scale.signed(out[..., ch])

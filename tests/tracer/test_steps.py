@@ -164,3 +164,15 @@ def test_bidirectional_sweeps_and_merge(merge_mode):
     np.testing.assert_allclose(merge.merged, layer.forward(x, mask)[0], rtol=1e-6)
     np.testing.assert_allclose(merge.forward, fwd[2].h, rtol=1e-6)   # last real step, carried to the end
     np.testing.assert_allclose(merge.backward, bwd[-1].h, rtol=1e-6)  # after reading step 0
+
+
+@pytest.mark.parametrize("padding,strides,size", [("same", 2, (7, 6)), ("valid", (2, 1), (7, 6)), ("same", 1, (5, 5))])
+def test_conv_and_pooling_steps_carry_the_output_size_formula(padding, strides, size):
+    x = rng.normal(size=(1, *size, 3)).astype(np.float32)
+    for layer in (conv(padding, strides), MaxPooling2D("p", pool_size=(3, 2), strides=strides, padding=padding)):
+        out = layer.forward(x)[0]
+        e = next(layer.steps(x))
+        k = e.patch.shape[:2] if e.kind == "conv_patch" else e.window.shape
+        assert e.input_size == size and e.output_size == out.shape[:2]
+        for axis in (0, 1):  # ⌊(n + pad − k)/s⌋ + 1, from the event's own fields
+            assert (e.input_size[axis] + e.pad[axis] - k[axis]) // e.strides[axis] + 1 == out.shape[axis]

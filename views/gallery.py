@@ -11,14 +11,14 @@ from textual.widgets import Static
 
 from rich.console import Group
 
-from nntrace.views.render import half_block_heatmap, side_by_side, stack
+from nntrace.views.render import Scale, half_block_heatmap, side_by_side, stack
 
 
 def gallery_text(layer: str, scratch: np.ndarray, keras: np.ndarray | None, per_row: int = 2) -> Group:
     """`scratch` `(h, w, channels)`; each channel as a heatmap, Keras's map beside it when loaded."""
     title = Text(f"{layer}: {scratch.shape[-1]} feature maps ({scratch.shape[0]}×{scratch.shape[1]}), "
                f"{'scratch | Keras' if keras is not None else 'scratch (Keras not loaded yet)'}\n", style="bold")
-    scale = float(np.abs(scratch).max()) or 1.0
+    scale = Scale.signed(scratch)
     blocks = []
     for ch in range(scratch.shape[-1]):
         maps = [half_block_heatmap(scratch[..., ch], scale=scale)]
@@ -26,7 +26,9 @@ def gallery_text(layer: str, scratch: np.ndarray, keras: np.ndarray | None, per_
             maps.append(half_block_heatmap(keras[..., ch], scale=scale))
         blocks.append(stack(Text(f"channel {ch}", style="dim"), side_by_side(maps, gap=1)))
     rows = [side_by_side(blocks[i:i + per_row], gap=4) for i in range(0, len(blocks), per_row)]
-    return Group(title, *rows)
+    legend = Text("colours (every map, one scale): ", style="dim")
+    legend.append_text(scale.legend())
+    return Group(title, legend, *rows)
 
 
 class GalleryScreen(ModalScreen):

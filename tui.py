@@ -19,6 +19,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
+from nntrace.tracer.sanitize import clean_text
 from nntrace.views.app_log import log_exception
 from nntrace.views.keras_side import KerasSide
 from nntrace.views.layer_list import LayerList
@@ -114,7 +115,7 @@ class NNTraceApp(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = f"{self.trace.model_name} on {self.session.description}"
+        self.sub_title = clean_text(f"{self.trace.model_name} on {self.session.description}")
         self.fill_layer_list()
         self.query_one(StepPanel).focus()
         if self.session.keras_path is not None:
@@ -256,8 +257,8 @@ class NNTraceApp(App):
         new = trace(self.model, [text])
         new.context["model_input"] = [text]
         self.replay.set_trace(new)
-        self.session.description = f'"{text}"'
-        self.sub_title = f"{new.model_name} on {self.session.description}"
+        self.session.description = f'"{clean_text(text, 80)}"'
+        self.sub_title = clean_text(f"{new.model_name} on {self.session.description}")
         self.keras.reset()
         if self.session.keras_path is not None:
             self.load_keras()
@@ -312,7 +313,7 @@ class NNTraceApp(App):
         total = self.replay.known_step_count()
         steps = f"step {self.step + 1}{'' if total is None else f'/{total}'}" if self.replay.event is not None \
             else "no steps"
-        status = Text(f"layer {self.replay.layer_index + 1}/{len(self.trace.layers)} {name}  {steps}  │ ")
+        status = Text(f"layer {self.replay.layer_index + 1}/{len(self.trace.layers)} {clean_text(name, 40)}  {steps}  │ ")
         status.append(self.keras.line(), style="italic")
         if self.message:
             status.append(f"\n{self.message}", style="dim")

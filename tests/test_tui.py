@@ -371,3 +371,24 @@ def test_tensorflow_never_writes_on_the_screen(tmp_path):
         assert noise not in output
     log = (state / "nntrace.log").read_text(errors="replace")
     assert log.strip(), "TensorFlow's messages should be in the log"
+
+
+def test_control_characters_in_a_sentence_never_reach_the_screen():
+    """An OSC title sequence and a clear-screen in the text and description are shown as plain text."""
+    from tests.scratch_models import tiny_lstm
+    model = tiny_lstm()
+    hostile = "enak \x1b]0;pwned\x07 \x1b[2J [/]oops sekali"
+    app = NNTraceApp(Session(trace(model, [hostile]), f'"{hostile}"'), model)
+
+    async def run():
+        async with app.run_test(size=(120, 40)) as pilot:
+            seen = []
+            for keys in ([], ["right_square_bracket"], ["right_square_bracket"], ["j", *"step 13", "enter"],
+                         ["t", *"ok \x1b[2J", "enter"]):
+                await pilot.press(*keys)
+                await pilot.pause()
+                seen.append(screen_text(app))
+            assert all("\x1b" not in s and "\x07" not in s for s in seen)
+            assert "[/]oops" in seen[0] or "oops" in seen[0]
+
+    asyncio.run(run())

@@ -4,6 +4,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import DataTable
 
+from nntrace.tracer.sanitize import clean_text
+
 SHORT = {"Normalization": "Norm", "Pooling": "Pool", "Bidirectional": "BiDir", "Vectorization": "Vec"}
 
 
@@ -41,8 +43,8 @@ class LayerList(DataTable, can_focus=False):
             else:
                 mark = Text(f"{diff[0]:.0e} {'✓' if diff[1] else '✗'}", style="green" if diff[1] else "bold red")
             shape = ends[name].output_shape[1:] if name in ends else ()
-            row: list = [str(k), Text(name[:14 if compact else 20])]
+            row: list = [str(k), Text(clean_text(name, 14 if compact else 20))]
             if not compact:
-                row += [short_class(cls)[:12], "×".join(map(str, shape))[:10]]
+                row += [Text(clean_text(short_class(cls), 12)), "×".join(map(str, shape))[:10]]
             self.add_row(*row, mark)
         self.move_cursor(row=current)

@@ -358,7 +358,9 @@ def describe(position: dict) -> str:
 
 def token_label(trace, time: int) -> str:
     """How a token position reads on screen: 'enak', [pad] past the sentence, [UNK] noted."""
+    from nntrace.tracer.sanitize import clean_text
+
     tokens = trace.context.get("tokens") or []
     if time >= len(tokens) or tokens[time] == "":
         return "[pad]"
-    return repr(tokens[time])
+    return repr(clean_text(str(tokens[time]), 40))

@@ -20,6 +20,7 @@ from rich.text import Text
 from nntrace.views.formulas import applied, factor, num, plain, symbol, term, terms
 from nntrace.views.render import (Heatmap, Scale, bar, half_block_heatmap, half_block_image, number_grid,
                                   side_by_side, stack)
+from nntrace.tracer.sanitize import clean_text
 from nntrace.views.replay import RECURRENT, Replay, token_label
 
 
@@ -114,7 +115,7 @@ def conv_heatmaps(ctx: ViewContext) -> list[Heatmap]:
 def conv_view(ctx: ViewContext) -> Group:
     e = ctx.event
     kh, kw, cin = e.patch.shape
-    title = Text(f"{e.layer}: filter {e.filter} at output row {e.row}, col {e.col}", style="bold")
+    title = Text(f"{clean_text(e.layer)}: filter {e.filter} at output row {e.row}, col {e.col}", style="bold")
     sums = e.channel_totals
     equation = Text()
     if cin <= 4:
@@ -193,7 +194,7 @@ def pool_heatmaps(ctx: ViewContext) -> list[Heatmap]:
 def pool_view(ctx: ViewContext) -> Group:
     e = ctx.event
     ph, pw = e.window.shape
-    text = Text(f"{e.layer}: channel {e.channel} at output row {e.row}, col {e.col} "
+    text = Text(f"{clean_text(e.layer)}: channel {e.channel} at output row {e.row}, col {e.col} "
                 f"({e.mode} pooling, {ph}×{pw} window)\n", style="bold")
     real = [float(v) for v, ok in zip(e.window.reshape(-1), e.real.reshape(-1)) if ok]
     if e.winner is not None:
@@ -228,7 +229,7 @@ def dense_heatmaps(ctx: ViewContext) -> list[Heatmap]:
 def dense_view(ctx: ViewContext) -> Group:
     e = ctx.event
     k = len(e.contributions)
-    title = Text(f"{e.layer}: unit {e.unit} ({e.activation})", style="bold")
+    title = Text(f"{clean_text(e.layer)}: unit {e.unit} ({e.activation})", style="bold")
     top_sum = float(np.sum(e.contributions, dtype=np.float64))
     eq = Text()
     eq.append(f"Σ x·w = the top {k} + the other {e.n_inputs - k} = {ctx.shown('top_sum', num(top_sum))} {term(e.rest)}"
@@ -267,7 +268,7 @@ def softmax_view(ctx: ViewContext) -> Group:
     k = ctx.replay.unit
     best = int(np.argmax(e.probabilities))
     z_max = float(np.max(e.logits))
-    eq = Text(f"{e.layer}: softmax over {len(labels)} classes; class {k} '{labels[k]}' selected (↑/↓)\n", style="bold")
+    eq = Text(f"{clean_text(e.layer)}: softmax over {len(labels)} classes; class {k} '{labels[k]}' selected (↑/↓)\n", style="bold")
     exp_k, total, p_k = (ctx.shown("exps", plain(e.exps[k])), ctx.shown("exps", plain(e.total)),
                          ctx.shown("probabilities", plain(e.probabilities[k])))
     values = f"exp({terms((e.logits[k], -z_max))}) / {total} = {exp_k} / {total} = "
@@ -298,8 +299,8 @@ def softmax_view(ctx: ViewContext) -> Group:
 def embedding_view(ctx: ViewContext) -> Group:
     e = ctx.event
     tag = " (padding, masked)" if e.padding else " (out of vocabulary: read as [UNK])" if e.oov else ""
-    text = Text(f"{e.layer}: position {e.position}, token ", style="bold")
-    text.append("[pad]" if e.padding or e.token is None else repr(e.token))
+    text = Text(f"{clean_text(e.layer)}: position {e.position}, token ", style="bold")
+    text.append("[pad]" if e.padding or e.token is None else repr(clean_text(e.token, 40)))
     text.append(f" → row {ctx.shown('token_id', str(e.token_id))} of the embedding table"
                 f"{'' if 'token_id' in ctx.hidden else tag}\n")
     shown = min(len(e.vector), 16 if ctx.width >= 100 else 8)
@@ -309,7 +310,7 @@ def embedding_view(ctx: ViewContext) -> Group:
 
 def dropout_view(ctx: ViewContext) -> Text:
     e = ctx.event
-    text = Text(f"{e.layer}: dropout, rate {e.rate}\n", style="bold")
+    text = Text(f"{clean_text(e.layer)}: dropout, rate {e.rate}\n", style="bold")
     source, out = layer_input(ctx.trace, e.layer), ctx.trace.output(e.layer)
     if source is not None:
         n = min(4, np.size(out))
@@ -326,7 +327,7 @@ def flatten_view(ctx: ViewContext) -> Text:
     e = ctx.event
     c = e.input_shape[-1] if len(e.input_shape) == 3 else 1
     size = ctx.shown("size", str(len(e.sources)))
-    text = Text(f"{e.layer}: {' × '.join(map(str, e.input_shape))} → {size} values, row by row, channels last.\n")
+    text = Text(f"{clean_text(e.layer)}: {' × '.join(map(str, e.input_shape))} → {size} values, row by row, channels last.\n")
     if "size" in ctx.hidden:
         return text
     for k in (0, 1, c - 1 if c > 1 else 1, c, len(e.sources) - 1):
@@ -440,7 +441,7 @@ def recurrent_view(ctx: ViewContext) -> Group:
     columns = max(3, (ctx.width - 2) // n_maps - 2)
     kind = "LSTM" if lstm else "SimpleRNN"
     where = ctx.shown("position", f"{e.time} {token_label(ctx.trace, e.time)}")
-    head = Text(f"{e.layer}: {kind} {e.direction} sweep, token {where}, "
+    head = Text(f"{clean_text(e.layer)}: {kind} {e.direction} sweep, token {where}, "
                 f"unit {ctx.replay.unit} of 0–{len(e.h) - 1}\n", style="bold")
     if lstm and not e.masked and "f" not in ctx.hidden:
         head.append(f"mean f over the {len(e.f)} units at this token: {plain(float(np.mean(e.f)))}\n", style="dim")
@@ -477,7 +478,7 @@ def merge_view(ctx: ViewContext) -> Group:
     u = ctx.replay.unit
     fwd, bwd = np.atleast_2d(e.forward)[-1], np.atleast_2d(e.backward)[-1]
     n = len(fwd)
-    text = Text(f"{e.layer}: merge '{e.merge_mode}' of the forward sweep and the backward sweep\n", style="bold")
+    text = Text(f"{clean_text(e.layer)}: merge '{e.merge_mode}' of the forward sweep and the backward sweep\n", style="bold")
     where = " at the last position" if np.ndim(e.forward) == 2 else ""
     merged = None if e.merged is None else np.atleast_2d(e.merged)[-1]
     mode = e.merge_mode
@@ -547,7 +548,8 @@ def summary_view(ctx: ViewContext) -> Group:
     name, cls = ctx.replay.layer
     out = ctx.trace.output(name)
     withheld = "output" in ctx.hidden
-    text = Text(f"{name} ({cls}) → output {tuple(out.shape)} for this input\n", style="bold")
+    text = Text(f"{clean_text(name)} ({clean_text(cls)}) → output {tuple(out.shape)} for this input\n",
+                style="bold")
     text.append(f"min {ctx.shown('output', num(np.min(out)))}  max {ctx.shown('output', num(np.max(out)))}  "
                 f"mean {ctx.shown('output', num(np.mean(out)))}\n")
     if ctx.keras_diff is not None:

@@ -121,7 +121,7 @@ def as_block(item: "Text | Block") -> Block:
 def half_block_image(rgb: np.ndarray, box: tuple[int, int, int, int] | None = None) -> Block:
     """`(h, w, 3)` 0–255 pixels as half-block cells (two pixel rows per text row); `box` =
     (top, left, height, width) is outlined by brightening those pixels."""
-    img = np.clip(np.asarray(rgb, np.float32), 0, 255)
+    img = np.clip(np.nan_to_num(np.asarray(rgb, np.float32)), 0, 255)
     if box is not None:
         top, left, bh, bw = box
         mask = np.zeros(img.shape[:2], bool)

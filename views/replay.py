@@ -197,7 +197,7 @@ class Replay:
                 raise JumpError(f"{f} {v} is outside {self.layer[0]}: {f}s are 0–{size - 1}")
         index = self.arithmetic_index(e.kind, position, shape)
         hit = self.event_at(index) if index is not None else None
-        if hit is None or any(getattr(hit, f) != v for f, v in position.items()):
+        if hit is None or hit.kind != e.kind or any(getattr(hit, f) != v for f, v in position.items()):
             index = self.find(lambda ev: ev.kind == e.kind and all(getattr(ev, f) == v for f, v in position.items()),
                               self.step)
         if index is None:

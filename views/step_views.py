@@ -403,6 +403,14 @@ def step_equations(ctx: ViewContext) -> Text:
             text.append(f"c = c_prev = {num(e.c[u])}\n")
         text.append(f"h = h_prev = {num(e.h[u])}")
         return text
+    if e.x_part is None:  # a schema-1 trace: the gates without their parts
+        if e.kind == "lstm_step":
+            for gate in GATES:
+                text.append(f"{gate} = {ctx.shown(gate, num(getattr(e, gate)[u]))}\n")
+            text.append(f"c = f·c_prev + i·g = {ctx.shown('f', factor(e.f[u]))}·{factor(e.c_prev[u])} + "
+                        f"{ctx.shown('i', factor(e.i[u]))}·{ctx.shown('g', factor(e.g[u]))} = {ctx.shown('c', num(e.c[u]))}\n")
+        text.append(f"h = {ctx.shown('h', num(e.h[u]))}")
+        return text
     if e.kind == "lstm_step":
         gates = []
         for row, gate in enumerate(GATES):

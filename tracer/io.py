@@ -238,6 +238,9 @@ RULES: dict[str, dict[str, Any]] = {
     "normalize": {"position": INDICES, **vectors("values", "normalized", "output", "gamma", "beta", dims="*")},
     "merge": {"mode": frozenset(MERGE_LAYERS.values()), "operands": Arrs("number"), "result": Arr("number", "*"),
               "masks": Arrs("bool", holes=True), "axes": SIZES},
+    "activation": {"function": frozenset({"relu", "leaky_relu", "elu", "prelu"}), **vectors("x", "y", dims="*"),
+                   "alpha": Arr("number", "*")},
+    "masking": {"x": Arr("number", "t f"), "keep": Arr("bool", "t"), "y": Arr("number", "t f")},
 }
 #: The rule of a field the table does not name, by its type.
 UNNAMED = {np.ndarray: Arr("value", "*"), str: NAME, tuple: SHAPE}
@@ -265,6 +268,7 @@ CLASS_KINDS = {**{cls: {"conv_patch"} for cls in ("Conv2D", "Conv1D", "Depthwise
                "Dropout": {"dropout"},
                **{cls: {"merge"} for cls in MERGE_LAYERS}, "LayerNormalization": {"normalize"},
                **{cls: {"attention"} for cls in ("Attention", "MultiHeadAttention")},
+               **{cls: {"activation"} for cls in ("ReLU", "LeakyReLU", "ELU", "PReLU")}, "Masking": {"masking"},
                **{cls: set() for cls in ("Rescaling", "Reshape", "Activation", "BatchNormalization", "InputLayer",
                                          "Identity", "TextVectorization", "GlobalMaxPooling2D",
                                          "GlobalAveragePooling2D")}}
@@ -272,9 +276,9 @@ CLASS_KINDS = {**{cls: {"conv_patch"} for cls in ("Conv2D", "Conv1D", "Depthwise
 KIND_GROUPS = ({"conv_patch"}, {"pool_window"}, {"flatten_map"}, {"dense_neuron", "softmax"}, {"embedding_lookup"},
                {"rnn_step", "bidirectional_merge"}, {"lstm_step", "bidirectional_merge"},
                {"gru_step", "bidirectional_merge"}, {"dropout"}, {"merge"}, {"normalize"},
-               {"attention"})
+               {"attention"}, {"activation"}, {"masking"})
 #: Kinds of which a layer has at most one step.
-ONCE = {"flatten_map", "softmax", "bidirectional_merge", "dropout", "merge"}
+ONCE = {"flatten_map", "softmax", "bidirectional_merge", "dropout", "merge", "activation", "masking"}
 #: Header and context keys, and what each context value holds (every one may be null).
 HEADER_KEYS = {"format", "version", "schema", "model", "layers", "fine_layers", "context"}
 CONTEXT = {"labels": "texts", "text": "text", "tokens": "texts", "oov_id": "index", "vocabulary_size": "index",

@@ -15,9 +15,10 @@ import numpy as np
 #: The event fields that place a step on its layer's grid, per event kind.
 POSITION = {"conv_patch": ("row", "col", "filter"), "pool_window": ("row", "col", "channel"),
             "dense_neuron": ("unit",), "embedding_lookup": ("position",)}
-RECURRENT = ("rnn_step", "lstm_step")
-#: Kinds whose selection is a unit (or class) inside one event's vectors.
-VECTOR_KINDS = (*RECURRENT, "softmax", "bidirectional_merge", "embedding_lookup")
+RECURRENT = ("rnn_step", "lstm_step", "gru_step")
+#: Kinds whose selection is a unit (or class, key, element) inside one event's vectors.
+VECTOR_KINDS = (*RECURRENT, "softmax", "bidirectional_merge", "embedding_lookup", "attention", "merge", "normalize",
+                "activation")
 
 
 class JumpError(ValueError):
@@ -150,6 +151,14 @@ class Replay:
         if e.kind == "bidirectional_merge":
             merged = e.merged if e.merged is not None else e.forward
             return int(np.asarray(merged).shape[-1])
+        if e.kind == "attention":
+            return len(e.weights)
+        if e.kind == "merge":
+            return int(np.size(e.result))
+        if e.kind == "normalize":
+            return int(np.size(e.values))
+        if e.kind == "activation":
+            return int(np.size(e.x))
         return 0
 
     def clamp_unit(self) -> None:
@@ -181,8 +190,13 @@ class Replay:
         return None
 
     def grid_shape(self) -> tuple[int, ...]:
-        """The output shape the current layer's step positions range over, e.g. (rows, cols, filters)."""
-        return tuple(np.shape(self.trace.output(self.layer[0])))
+        """The output shape the current layer's step positions range over, e.g. (rows, cols, filters);
+        a 1-D convolution or pooling is one row: (1, steps, filters)."""
+        shape = tuple(np.shape(self.trace.output(self.layer[0])))
+        e = self.event
+        if e is not None and e.kind in ("conv_patch", "pool_window") and len(shape) == 2:
+            return (1, *shape)
+        return shape
 
     def find_position(self, **wanted: int) -> str:
         """Go to the step at a grid position, e.g. `row=3, col=4, filter=2` or `unit=5`."""
@@ -259,13 +273,26 @@ class Replay:
             return self.select_unit(self.unit + d_row)
         if e.kind == "embedding_lookup":
             return self.find_position(position=e.position + d_col + d_row)
+        if e.kind == "attention" and d_col:
+            return self.go_attention(e.head, e.query + d_col)
         if e.kind in VECTOR_KINDS:
             return self.select_unit(self.unit + d_row + d_col)
         raise JumpError(f"a {e.kind.replace('_', ' ')} step has no grid to move over")
 
+    def go_attention(self, head: int, query: int) -> str:
+        """Attention: the step of head `head` for query position `query`."""
+        index = self.find(lambda ev: ev.kind == "attention" and ev.head == head and ev.query == query)
+        if index is None:
+            raise JumpError(f"no step of {self.layer[0]} for head {head}, query {query}")
+        self.go_step(index)
+        return f"head {head}, query {query}"
+
     def move_channel(self, delta: int) -> str:
-        """`<` / `>`: the previous or next filter (conv) or channel (pooling) at the same cell."""
+        """`<` / `>`: the previous or next filter (conv) or channel (pooling) at the same cell; the
+        previous or next head (attention) for the same query."""
         e = self.event
+        if e is not None and e.kind == "attention":
+            return self.go_attention(e.head + delta, e.query)
         if e is None or e.kind not in ("conv_patch", "pool_window"):
             raise JumpError("< and > change the filter or channel of a conv or pooling step")
         field = POSITION[e.kind][2]
@@ -279,6 +306,12 @@ class Replay:
         if not words:
             raise JumpError("type where to go, e.g. 'step 7', 'unit 0', 'token 2' or 'row col filter'")
         head = words[0].lower()
+        if head in ("head", "query", "key") and len(words) == 2 and self.event_kind() == "attention":
+            value = parse_int(words[1], head)
+            e = self.event
+            if head == "key":
+                return self.select_unit(value)
+            return self.go_attention(value if head == "head" else e.head, value if head == "query" else e.query)
         if head in ("step", "unit", "class", "filter", "channel", "token", "position") and len(words) == 2:
             if head == "token" and not is_int(words[1]):
                 return self.go_time(self.token_position(words[1]))
@@ -318,8 +351,8 @@ class Replay:
         """The current conv filter's (or pooling channel's) output map with the cells stepped
         through so far; the others are NaN. `(rows, cols)`."""
         e = self.event
-        if e is None or e.kind not in ("conv_patch", "pool_window"):
-            return None
+        if e is None or e.kind not in ("conv_patch", "pool_window") or getattr(e, "stage", "") == "depthwise":
+            return None  # a separable conv's depthwise stage has channels of its own, not the output's
         field = POSITION[e.kind][2]
         shape = self.grid_shape()
         seen = np.full(shape[:2], np.nan, np.float32)
@@ -361,6 +394,8 @@ def token_label(trace, time: int) -> str:
     from nntrace.tracer.sanitize import clean_text
 
     tokens = trace.context.get("tokens") or []
+    if not tokens:  # token ids fed straight in: positions only
+        return ""
     if time >= len(tokens) or tokens[time] == "":
         return "[pad]"
     return repr(clean_text(str(tokens[time]), 40))

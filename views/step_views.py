@@ -56,7 +56,9 @@ def fit(blocks: list, width: int, gap: int = 3):
 
 def keras_note(text: Text, ctx: ViewContext, index: tuple, name: str = "value") -> None:
     if ctx.keras is not None and name not in ctx.hidden:
-        text.append(f"   Keras: {num(float(ctx.keras[index]))}", style="italic")
+        keras = np.asarray(ctx.keras)
+        index = index[len(index) - keras.ndim:] if keras.ndim < len(index) else index  # 1-D conv: one row
+        text.append(f"   Keras: {num(float(keras[index]))}", style="italic")
 
 
 def legends(maps: list[Heatmap]) -> Text:
@@ -352,8 +354,8 @@ def recurrent_heatmaps(ctx: ViewContext, columns: int | None = None) -> list[Hea
     e = ctx.event
     sweep = ctx.replay.sweep()
     n_time = max(ev.time for ev in sweep) + 1
-    lstm = e.kind == "lstm_step"
-    names = ("i", "f", "g", "o", "c", "h") if lstm else ("x_part", "h_part", "pre_activation", "h")
+    names = {"lstm_step": ("i", "f", "g", "o", "c", "h"), "gru_step": ("z", "r", "h_tilde", "h")}.get(
+        e.kind, ("x_part", "h_part", "pre_activation", "h"))
     window = token_window(ctx, n_time, columns or n_time)
     shown = [ev for ev in sweep if ev.step <= e.step and ev.time in window]
     units = len(e.h)
@@ -365,13 +367,13 @@ def recurrent_heatmaps(ctx: ViewContext, columns: int | None = None) -> list[Hea
             withheld = ev is e and (name in ctx.hidden or e.masked and "masked" in ctx.hidden)
             if value is not None and not withheld:  # a masked step has no gates
                 grid[:, ev.time - window.start] = value
-        if name in ("i", "f", "o") and ev_activation(e) == "sigmoid":
+        if name in ("i", "f", "o", "z", "r") and ev_activation(e) == "sigmoid":
             scale = Scale.gate()
-        elif name in ("g", "h") and e.activation == "tanh":
+        elif name in ("g", "h", "h_tilde") and e.activation == "tanh":
             scale = Scale(-1.0, 1.0)
         else:
             scale = Scale.signed(grid)
-        label = {"x_part": "x·W", "h_part": "h_prev·U", "pre_activation": "sum"}.get(name, name)
+        label = {"x_part": "x·W", "h_part": "h_prev·U", "pre_activation": "sum", "h_tilde": "h̃"}.get(name, name)
         maps.append(Heatmap(label, grid, scale, "unit", "token",
                             col_labels=[token_text(ctx.trace, t) for t in window], first_col=window.start,
                             mark=(ctx.replay.unit, e.time - window.start)))
@@ -403,6 +405,8 @@ def step_equations(ctx: ViewContext) -> Text:
             text.append(f"c = c_prev = {num(e.c[u])}\n")
         text.append(f"h = h_prev = {num(e.h[u])}")
         return text
+    if e.kind == "gru_step":
+        return gru_equations(ctx, e, u, text)
     if e.x_part is None:  # a schema-1 trace: the gates without their parts
         if e.kind == "lstm_step":
             for gate in GATES:
@@ -440,6 +444,31 @@ def step_equations(ctx: ViewContext) -> Text:
     return text
 
 
+def gru_equations(ctx: ViewContext, e, u: int, text: Text) -> Text:
+    """z and r, the candidate h̃ (reset_after or not) and h = z·h_prev + (1 − z)·h̃ for unit u."""
+    rb = e.recurrent_bias
+    for row, gate in enumerate(("z", "r")):
+        parts = [e.x_part[row, u], e.bias[row, u], e.h_part[row, u]] + ([rb[row, u]] if rb is not None else [])
+        value = ctx.shown(gate, plain(getattr(e, gate)[u]))
+        text.append(f"{gate} = {applied(e.recurrent_activation, terms(parts))} = "
+                    f"{applied(e.recurrent_activation, ctx.shown('pre_activation', num(e.pre_activation[row, u])))} = "
+                    f"{value}\n")
+    r = ctx.shown("r", factor(e.r[u]))
+    if e.reset_after:
+        inner = terms([e.h_part[2, u]] + ([rb[2, u]] if rb is not None else []))
+        argument = f"{terms((e.x_part[2, u], e.bias[2, u]))} + {r}·({inner})"
+    else:  # the h row of h_part is already (r·h_prev)·U_h
+        argument = terms((e.x_part[2, u], e.bias[2, u], e.h_part[2, u]))
+    text.append(f"h̃ = {applied(e.activation, argument)} = "
+                f"{applied(e.activation, ctx.shown('pre_activation', num(e.pre_activation[2, u])))} = "
+                f"{ctx.shown('h_tilde', num(e.h_tilde[u]))}\n")
+    z = ctx.shown("z", factor(e.z[u]))
+    text.append(f"h = z·h_prev + (1 − z)·h̃ = {z}·{factor(e.h_prev[u])} + (1 − {z})·"
+                f"{ctx.shown('h_tilde', factor(e.h_tilde[u]))} = ")
+    text.append(ctx.shown("h", num(e.h[u])), style="bold reverse")
+    return text
+
+
 def recurrent_view(ctx: ViewContext) -> Group:
     e = ctx.event
     sweep = ctx.replay.sweep()
@@ -447,7 +476,7 @@ def recurrent_view(ctx: ViewContext) -> Group:
     lstm = e.kind == "lstm_step"
     n_maps = 6 if lstm else 4
     columns = max(3, (ctx.width - 2) // n_maps - 2)
-    kind = "LSTM" if lstm else "SimpleRNN"
+    kind = {"lstm_step": "LSTM", "gru_step": "GRU"}.get(e.kind, "SimpleRNN")
     where = ctx.shown("position", f"{e.time} {token_label(ctx.trace, e.time)}")
     head = Text(f"{clean_text(e.layer)}: {kind} {e.direction} sweep, token {where}, "
                 f"unit {ctx.replay.unit} of 0–{len(e.h) - 1}\n", style="bold")
@@ -461,7 +490,7 @@ def recurrent_view(ctx: ViewContext) -> Group:
     for t in window:
         oov = ids is not None and t < len(ids) and oov_id is not None and ids[t] == oov_id
         style = "reverse bold" if t == e.time and "position" not in ctx.hidden else ""
-        tokens.append(f"{t}:{token_text(ctx.trace, t)}{'*' if oov else ''}", style=style)
+        tokens.append(f"{t}:{token_text(ctx.trace, t)}{'*' if oov else ''}".rstrip(":"), style=style)
         tokens.append(" ")
     if window.stop < n_time:
         tokens.append("…", style="dim")
@@ -474,14 +503,14 @@ def recurrent_view(ctx: ViewContext) -> Group:
 
 
 # -- bidirectional merge --------------------------------------------------------------------------
-def merge_heatmaps(ctx: ViewContext) -> list[Heatmap]:
+def bidirectional_merge_heatmaps(ctx: ViewContext) -> list[Heatmap]:
     e = ctx.event
     rows = [("forward", e.forward), ("backward", e.backward)] + ([("merged", e.merged)] if e.merged is not None else [])
     return [Heatmap(name, np.atleast_2d(v), Scale.signed(np.concatenate([np.ravel(x) for _, x in rows])),
                     "position" if np.ndim(v) == 2 else "", "unit") for name, v in rows]
 
 
-def merge_view(ctx: ViewContext) -> Group:
+def bidirectional_merge_view(ctx: ViewContext) -> Group:
     e = ctx.event
     u = ctx.replay.unit
     fwd, bwd = np.atleast_2d(e.forward)[-1], np.atleast_2d(e.backward)[-1]
@@ -504,12 +533,150 @@ def merge_view(ctx: ViewContext) -> Group:
         text.append(f"merged[{u}] = {op} = ")
         text.append(ctx.shown("merged", num(merged[u])), style="bold reverse")
         text.append(f"   (unit {u}{where})", style="dim")
-    maps = merge_heatmaps(ctx)
+    maps = bidirectional_merge_heatmaps(ctx)
     table = Table.grid(padding=(0, 1))
     for m in maps:
         table.add_row(Text(f"{m.title} ({m.values.shape[-1]})", style="bold"),
                       half_block_heatmap(m.values[-1:, :min(m.values.shape[-1], max(ctx.width - 20, 16))], m.scale))
     return Group(text, table, legends(maps[:1]))
+
+
+# -- attention ----------------------------------------------------------------------------------
+def attention_heatmaps(ctx: ViewContext) -> list[Heatmap]:
+    """The selected head's weights, queries × keys, for the queries stepped through so far."""
+    e = ctx.event
+    events = [ev for ev in ctx.replay.events_until(ctx.replay.layer[0], ctx.replay.step)[:ctx.replay.step + 1]
+              if ev.kind == "attention" and ev.head == e.head]
+    n_queries = max(ev.query for ev in events) + 1
+    grid = np.full((max(n_queries, e.query + 1), len(e.weights)), np.nan, np.float32)
+    for ev in events:
+        if not (ev is e and "weights" in ctx.hidden):
+            grid[ev.query] = ev.weights
+    return [Heatmap(f"head {e.head} weights", grid, Scale.gate(), "query", "key", mark=(e.query, ctx.replay.unit))]
+
+
+def attention_view(ctx: ViewContext) -> Group:
+    e, j = ctx.event, ctx.replay.unit
+    n = len(e.weights)
+    head = Text(f"{clean_text(e.layer)}: head {e.head}, query {e.query} reads {n} keys; key {j} selected "
+                f"(↑/↓ key, ←/→ query, </> head)\n", style="bold")
+    how = "q·keys[j]" if e.score_mode == "dot" else f"Σ tanh({e.inner_scale:g}·(q + keys[j]))"
+    head.append(f"scores[j] = {how}; scaled = scores · {e.scale:.6g}; weights = softmax(logits)"
+                + ("; masked keys get a large negative logit" if e.mask is not None else "") + "\n", style="dim")
+    eq = Text(f"scaled[{j}] = {num(e.scores[j])}·{e.scale:.6g} = {num(e.scaled[j])}\n")
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
+    for col in ("key", "score", "scaled", "mask", "logit", "weight"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for k in range(n):
+        style = "reverse" if k == j else ""
+        masked = "" if e.mask is None else ("read" if e.mask[k] else "masked")
+        table.add_row(Text(str(k), style=style), num(e.scores[k]), num(e.scaled[k]), masked,
+                      f"{e.logits[k]:+.4g}" if abs(e.logits[k]) >= 1e4 else num(e.logits[k]),
+                      Text(ctx.shown("weights", plain(e.weights[k])), style=style))
+    out = Text()
+    if e.query_masked:
+        out.append("this query position is masked: its output is 0\n", style="bold yellow")
+    else:
+        products = " + ".join(f"{ctx.shown('weights', factor(e.weights[k]))}·{factor(e.values[k, 0])}" for k in range(n))
+        result = ctx.shown("output", num(e.output[0]))
+        out.append(line(ctx, f"output[0] = Σ_j weights[j]·values[j, 0] = {products} = {result}",
+                        f"output[0] = Σ over the {n} keys of weights[j]·values[j, 0] = {result}") + "\n")
+    maps = attention_heatmaps(ctx)
+    picture = stack(Text(maps[0].title, style="bold"), maps[0].block(), maps[0].scale.legend(10))
+    return Group(head, eq, out, table, picture)
+
+
+# -- merge, normalisation, activations, masking -------------------------------------------------
+MERGE_SYMBOLS = {"add": " + ", "subtract": " − ", "multiply": "·"}
+
+
+def merge_view(ctx: ViewContext) -> Group:
+    e, u = ctx.event, ctx.replay.unit
+    shapes = " and ".join("×".join(map(str, np.shape(op))) or "1" for op in e.operands)
+    text = Text(f"{clean_text(e.layer)}: {e.mode} of {len(e.operands)} inputs ({shapes}) → "
+                f"{'×'.join(map(str, np.shape(e.result)))}\n", style="bold")
+    result = np.ravel(e.result)
+    same = all(np.shape(op) == np.shape(e.result) for op in e.operands)
+    if e.mode in MERGE_SYMBOLS and same:
+        values = [float(np.ravel(op)[u]) for op in e.operands]
+        joined = MERGE_SYMBOLS[e.mode].join(factor(v) if e.mode == "multiply" else num(v) for v in values)
+        text.append(f"result[{u}] = {joined} = ")
+    elif e.mode == "average" and same:
+        values = [float(np.ravel(op)[u]) for op in e.operands]
+        text.append(f"result[{u}] = ({' + '.join(num(v) for v in values)}) / {len(values)} = ")
+    elif e.mode in ("maximum", "minimum") and same:
+        values = [float(np.ravel(op)[u]) for op in e.operands]
+        text.append(f"result[{u}] = {e.mode[:3]}({', '.join(num(v) for v in values)}) = ")
+    else:
+        text.append(f"result[{u}] = ")
+    text.append(num(result[u]), style="bold reverse")
+    if e.mode == "concatenate":
+        text.append(f"\nconcatenated along axis {e.axis}: the inputs' values follow each other in that order",
+                    style="dim")
+    if any(m is not None for m in e.masks):
+        text.append("\nmasked positions of an input take no part", style="dim")
+    flat = [np.atleast_2d(np.asarray(op, np.float32).reshape(-1)) for op in e.operands] + [np.atleast_2d(result)]
+    scale = Scale.signed(np.concatenate([f.ravel() for f in flat]))
+    rows = Table.grid(padding=(0, 1))
+    for k, f in enumerate(flat):
+        rows.add_row(Text("result" if k == len(flat) - 1 else f"input {k}", style="bold"),
+                     half_block_heatmap(f[:, :max(ctx.width - 12, 16)], scale))
+    return Group(text, rows, scale.legend(12))
+
+
+def normalize_view(ctx: ViewContext) -> Group:
+    e, u = ctx.event, ctx.replay.unit
+    x, n, out = np.ravel(e.values), np.ravel(e.normalized), np.ravel(e.output)
+    text = Text(f"{clean_text(e.layer)}: position {e.position}, {x.size} values normalised together; "
+                f"element {u} selected\n", style="bold")
+    text.append(f"mean = {num(e.mean)}, variance = {plain(e.variance)}, epsilon = {e.epsilon:g}\n")
+    numbers = f"({terms((x[u], -e.mean))})/√({plain(e.variance)} + {e.epsilon:g}) = {num(n[u])}"
+    text.append(line(ctx, f"normalized[{u}] = (x − mean)/√(variance + epsilon) = {numbers}",
+                     f"normalized[{u}] = {numbers}") + "\n")
+    gamma = None if e.gamma is None else float(np.ravel(e.gamma)[u])
+    beta = None if e.beta is None else float(np.ravel(e.beta)[u])
+    if gamma is not None or beta is not None:
+        form = f"{factor(n[u])}·{factor(gamma if gamma is not None else 1.0)}" + (f" {term(beta)}" if beta is not None else "")
+        text.append(f"output[{u}] = normalized·gamma + beta = {form} = ")
+    else:
+        text.append(f"output[{u}] = normalized = ")
+    text.append(num(out[u]), style="bold reverse")
+    return Group(text)
+
+
+def activation_view(ctx: ViewContext) -> Group:
+    e, u = ctx.event, ctx.replay.unit
+    x, y = np.ravel(e.x), np.ravel(e.y)
+    settings = []
+    if e.function in ("relu", "leaky_relu") and e.negative_slope:
+        settings.append(f"negative_slope {e.negative_slope:g}")
+    if e.max_value is not None:
+        settings.append(f"max_value {e.max_value:g}")
+    if e.threshold:
+        settings.append(f"threshold {e.threshold:g}")
+    if e.alpha is not None and np.size(e.alpha) == 1:
+        settings.append(f"alpha {float(np.ravel(e.alpha)[0]):g}")
+    text = Text(f"{clean_text(e.layer)}: y = {e.function}(x), element by element"
+                f"{' (' + ', '.join(settings) + ')' if settings else ''}; element {u} of {x.size} selected\n",
+                style="bold")
+    if e.function == "prelu" and e.alpha is not None:
+        alpha = float(np.ravel(np.broadcast_to(e.alpha, np.shape(e.x)))[u])
+        text.append(f"y[{u}] = x if x > 0, else alpha·x, with x = {num(x[u])} and alpha = {num(alpha)}: ")
+    elif e.function == "relu" and not settings:
+        text.append(f"y[{u}] = relu(x[{u}]) = relu({num(x[u])}) = ")
+    else:
+        text.append(f"y[{u}] = {e.function}(x[{u}]) with x[{u}] = {num(x[u])}: ")
+    text.append(num(y[u]), style="bold reverse")
+    return Group(text)
+
+
+def masking_view(ctx: ViewContext) -> Group:
+    e = ctx.event
+    keep = np.asarray(e.keep, bool)
+    text = Text(f"{clean_text(e.layer)}: a step whose features all equal {e.mask_value:g} is padding: its output is 0 "
+                f"and later layers skip it\n", style="bold")
+    text.append("steps: " + " ".join(f"{t}:{'kept' if k else 'padding'}" for t, k in enumerate(keep)))
+    return Group(text)
 
 
 # -- a layer without steps ----------------------------------------------------------------------
@@ -609,7 +776,13 @@ VIEWS: dict[str, View] = {
     "embedding_lookup": View(embedding_view),
     "rnn_step": View(recurrent_view, recurrent_heatmaps),
     "lstm_step": View(recurrent_view, recurrent_heatmaps),
-    "bidirectional_merge": View(merge_view, merge_heatmaps),
+    "bidirectional_merge": View(bidirectional_merge_view, bidirectional_merge_heatmaps),
+    "gru_step": View(recurrent_view, recurrent_heatmaps),
+    "attention": View(attention_view, attention_heatmaps),
+    "merge": View(merge_view),
+    "normalize": View(normalize_view),
+    "activation": View(activation_view),
+    "masking": View(masking_view),
     "dropout": View(dropout_view),
     "flatten_map": View(flatten_view),
 }

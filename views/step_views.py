@@ -587,7 +587,7 @@ def attention_view(ctx: ViewContext) -> Group:
 
 
 # -- merge, normalisation, activations, masking -------------------------------------------------
-MERGE_SYMBOLS = {"add": " + ", "subtract": " − ", "multiply": "·"}
+MERGE_SYMBOLS = ("add", "subtract", "multiply")
 
 
 def merge_view(ctx: ViewContext) -> Group:
@@ -595,11 +595,13 @@ def merge_view(ctx: ViewContext) -> Group:
     shapes = " and ".join("×".join(map(str, np.shape(op))) or "1" for op in e.operands)
     text = Text(f"{clean_text(e.layer)}: {e.mode} of {len(e.operands)} inputs ({shapes}) → "
                 f"{'×'.join(map(str, np.shape(e.result)))}\n", style="bold")
+    text.append(inbound_line(ctx, ctx.replay.layer[0]), style="dim")
     result = np.ravel(e.result)
     same = all(np.shape(op) == np.shape(e.result) for op in e.operands)
     if e.mode in MERGE_SYMBOLS and same:
         values = [float(np.ravel(op)[u]) for op in e.operands]
-        joined = MERGE_SYMBOLS[e.mode].join(factor(v) if e.mode == "multiply" else num(v) for v in values)
+        joined = {"add": lambda: terms(values), "multiply": lambda: "·".join(factor(v) for v in values),
+                  "subtract": lambda: f"{num(values[0])} − {factor(values[1])}"}[e.mode]()
         text.append(f"result[{u}] = {joined} = ")
     elif e.mode == "average" and same:
         values = [float(np.ravel(op)[u]) for op in e.operands]
@@ -719,12 +721,20 @@ def token_ids_line(ctx: ViewContext, out: np.ndarray) -> Text:
     return text
 
 
+def inbound_line(ctx: ViewContext, name: str) -> str:
+    """`inputs from a, b` for a layer of a graph (what its call reads), or ''."""
+    inbound = getattr(ctx.trace.model, "inbound", None) or {}
+    sources = inbound.get(name)
+    return f"inputs from {', '.join(clean_text(s) for s in sources)}\n" if sources else ""
+
+
 def summary_view(ctx: ViewContext) -> Group:
     name, cls = ctx.replay.layer
     out = ctx.trace.output(name)
     withheld = "output" in ctx.hidden
     text = Text(f"{clean_text(name)} ({clean_text(cls)}) → output {tuple(out.shape)} for this input\n",
                 style="bold")
+    text.append(inbound_line(ctx, name), style="dim")
     text.append(f"min {ctx.shown('output', num(np.min(out)))}  max {ctx.shown('output', num(np.max(out)))}  "
                 f"mean {ctx.shown('output', num(np.mean(out)))}\n")
     if ctx.keras_diff is not None:

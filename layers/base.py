@@ -21,6 +21,11 @@ class Layer:
     config_keys: ClassVar[tuple[str, ...]] = ()
     defaults: ClassVar[dict[str, Any]] = {}  # Keras's constructor defaults for those arguments
     supports_masking: ClassVar[bool] = False  # passes an incoming mask on unchanged
+    #: Keyword options of the Keras call this layer reproduces (e.g. `use_causal_mask`).
+    call_options: ClassVar[tuple[str, ...]] = ()
+    #: Names of the tensor arguments of a layer that takes several named ones (query, value, key…);
+    #: empty for a layer that takes one tensor or one list of tensors.
+    input_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, **config: Any) -> None:
         self.name = name
@@ -85,13 +90,22 @@ class Layer:
         """Hook run after weights are set (derive cached arrays here)."""
 
     # -- forward --------------------------------------------------------------------------------
-    def __call__(self, x: np.ndarray, mask: np.ndarray | None = None, training: bool = False):
-        return self.forward(x, mask=mask, training=training)
+    def __call__(self, x: np.ndarray, mask: np.ndarray | None = None, training: bool = False, **options):
+        return self.forward(x, mask=mask, training=training, **options)
 
-    def forward(self, x: np.ndarray, mask: np.ndarray | None = None, training: bool = False):
-        """Vectorised forward pass over the batch."""
+    def forward(self, x: np.ndarray, mask: np.ndarray | None = None, training: bool = False, **options):
+        """Vectorised forward pass over the batch.
+
+        A layer that takes several inputs (a merge, attention) gets `x` and `mask` as tuples; call
+        options such as `use_causal_mask` come as keywords (see `call_options`).
+        """
         if self.weight_shapes() and not self.weights:
             raise WeightMismatchError(f"layer '{self.name}' ({type(self).__name__}) has no weights yet")
+        if options:
+            unknown = sorted(set(options) - set(self.call_options))
+            if unknown:
+                self.unsupported(f"is called with {', '.join(unknown)}, which nntrace does not support here")
+            return self.call(x, mask, training, **options)
         return self.call(x, mask, training)
 
     def call(self, x: np.ndarray, mask: np.ndarray | None, training: bool):
@@ -105,6 +119,45 @@ class Layer:
         the values recombine to `forward`'s output.
         """
         return iter(())
+
+    # -- backward -------------------------------------------------------------------------------
+    def forward_with_cache(self, x: np.ndarray, mask: np.ndarray | None = None) -> tuple[Any, Any]:
+        """The inference forward pass and what `backward` reuses (None: it recomputes what it needs)."""
+        return self.forward(x, mask=mask), None
+
+    def backward(self, dy: Any, x: Any, mask: np.ndarray | None = None, y: Any = None,
+                 cache: Any = None) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        """Gradients of the inference forward pass, vectorised over the batch.
+
+        Args:
+            dy: dL/d(output), the shape of `forward(x)`'s output.
+            x, mask: the forward inputs; y: the forward output (recomputed when None);
+            cache: what `forward_with_cache` returned beside `y`.
+        Returns:
+            `(dx, weight_grads)`: dL/dx (None when the input is not differentiable: token ids,
+            strings) and `{weight name: dL/dweight}` for the weights the output depends on through
+            differentiable paths (moving statistics and vocabularies get none).
+        """
+        from nntrace.layers import LAYER_CLASSES
+
+        with_backward = [n for n, cls in LAYER_CLASSES.items()
+                         if cls.backward is not Layer.backward and n not in ("InputLayer", "Identity")]
+        raise UnsupportedLayerError(self.name, type(self).__name__, with_backward,
+                                    "has no backward pass yet (gradients); the layers listed have one")
+
+    def output_of(self, x: Any, mask: np.ndarray | None, y: Any) -> Any:
+        """`y` if given, else the forward output for `x`."""
+        return self.forward(x, mask=mask) if y is None else y
+
+    def activation_backward(self, dy: np.ndarray, z: np.ndarray | None, y: np.ndarray,
+                            key: str = "activation") -> np.ndarray:
+        """dL/d(pre-activation) from dL/d(output); `z` (the pre-activation) may be None when the
+        activation's gradient reads only its output `y`."""
+        try:
+            grad = activations.gradient(self.config.get(key, "linear"))
+        except ValueError as exc:
+            self.unsupported(str(exc))
+        return grad(dy, z, y)
 
     def compute_mask(self, x: np.ndarray, mask: np.ndarray | None) -> np.ndarray | None:
         """The mask this layer passes on (Keras's `compute_mask`)."""

@@ -1,6 +1,8 @@
 """Conv2D as im2col + one matrix product, chunked over the batch so the columns stay in cache."""
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -50,10 +52,6 @@ class Conv2D(Layer):
 
     def check_config(self, config):
         super().check_config(config)
-        if pair(config.get("dilation_rate", 1)) != (1, 1):
-            self.unsupported("dilation_rate other than 1 is not supported")
-        if int(config.get("groups", 1)) != 1:
-            self.unsupported("groups other than 1 is not supported")
         if config.get("padding", "valid") not in ("valid", "same"):
             self.unsupported(f"padding '{config.get('padding')}' is not supported (valid, same)")
 
@@ -68,6 +66,15 @@ class Conv2D(Layer):
     @property
     def padding(self) -> str:
         return self.config.get("padding", "valid")
+
+    @property
+    def general(self) -> bool:
+        """Dilated or grouped: the general cross-correlation (`Window`) does the work."""
+        return pair(self.config.get("dilation_rate", 1)) != (1, 1) or int(self.config.get("groups", 1)) != 1
+
+    @property
+    def window(self) -> Window:
+        return Window(self.kernel_size, self.strides, pair(self.config.get("dilation_rate", 1)), self.padding)
 
     def weight_shapes(self):
         kh, kw = self.kernel_size
@@ -113,6 +120,13 @@ class Conv2D(Layer):
         return cols
 
     def call(self, x, mask, training):
+        return self.convolve(x, activate=True)
+
+    def convolve(self, x: np.ndarray, activate: bool = True) -> np.ndarray:
+        """`(batch, h, w, in_ch)` → `(batch, out_h, out_w, filters)`: the activation's output, or
+        its input (the pre-activation) when not `activate`."""
+        if self.general:
+            return self.convolve_general(x, activate)
         kernel = self.weights["kernel"]
         cin, filters = kernel.shape[2], kernel.shape[3]
         self.expect(x, 4, cin, f"(batch, height, width, {cin})")
@@ -121,6 +135,39 @@ class Conv2D(Layer):
             self.expect(np.empty((0, 0)), 4, None, f"at least {kh}×{kw} pixels, got {h}×{w}")
         (t, b), (l, r), oh, ow = output_geometry(h, w, self.kernel_size, self.strides, self.padding)
         out = np.empty((n, oh, ow, filters), np.float32)
+        for s, m, cols in self.column_chunks(x, oh, ow):
+            z = out[s:s + m].reshape(-1, filters)
+            np.matmul(cols.reshape(-1, kh * kw * cin), self.kernel_matrix, out=z)
+            if "bias" in self.weights:
+                z += self.weights["bias"]
+            if activate:
+                self.activate_in_place(z)
+        return out
+
+    def convolve_general(self, x: np.ndarray, activate: bool) -> np.ndarray:
+        """`convolve` with `dilation_rate` or `groups`."""
+        kernel = self.weights["kernel"]
+        cin = kernel.shape[2] * int(self.config.get("groups", 1))
+        self.expect(x, 4, cin, f"(batch, height, width, {cin})")
+        window = self.window
+        _, _, oh, ow = window.geometry(x.shape[1], x.shape[2])
+        if oh < 1 or ow < 1:
+            span = [(k - 1) * d + 1 for k, d in zip(window.kernel_size, window.dilation)]
+            self.expect(np.empty((0, 0)), 4, None,
+                        f"at least {span[0]}×{span[1]} pixels, got {x.shape[1]}×{x.shape[2]}")
+        z = window.correlate(x, kernel)
+        if "bias" in self.weights:
+            z += self.weights["bias"]
+        if activate:
+            self.activate_in_place(z.reshape(-1, z.shape[-1]))
+        return z
+
+    def column_chunks(self, x: np.ndarray, oh: int, ow: int, pads: tuple | None = None):
+        """Yield `(start, count, cols)` over the batch: `cols` `(count, oh, ow, kh, kw, cin)` are the
+        im2col columns of images `start … start+count-1`, in a buffer reused for every chunk.
+        `pads` `((top, bottom), (left, right))` replaces this layer's own padding."""
+        (kh, kw), (n, h, w, cin) = self.kernel_size, x.shape
+        (t, b), (l, r) = pads or output_geometry(h, w, self.kernel_size, self.strides, self.padding)[:2]
         step = max(1, min(n, self.chunk_rows // max(oh * ow, 1)))
         # Buffers reused for every chunk of `step` images: the padding frame is written once.
         padded = np.zeros((step, h + t + b, w + l + r, cin), np.float32)
@@ -129,12 +176,74 @@ class Conv2D(Layer):
             m = min(step, n - s)
             padded[:m, t:t + h, l:l + w] = x[s:s + m]
             self.im2col(padded[:m], oh, ow, cols)
-            z = out[s:s + m].reshape(-1, filters)
-            np.matmul(cols[:m].reshape(-1, kh * kw * cin), self.kernel_matrix, out=z)
-            if "bias" in self.weights:
-                z += self.weights["bias"]
-            self.activate_in_place(z)
-        return out
+            yield s, m, cols[:m]
+
+    # -- backward -------------------------------------------------------------------------------
+    def forward_with_cache(self, x, mask=None):
+        """The output, and the pre-activation when the activation's gradient needs it."""
+        if not self.weights or not activations.needs_input(self.config.get("activation")):
+            return self.forward(x, mask), None
+        z = self.convolve(x, activate=False)
+        return self.act(z), z
+
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """dL/dx `(batch, h, w, in_ch)` and {kernel, bias} for dy `(batch, out_h, out_w, filters)`."""
+        if self.general:
+            self.unsupported("the backward pass with dilation_rate or groups is not supported")
+        x = as_float32(x)
+        z = cache
+        if z is None and activations.needs_input(self.config.get("activation")):
+            z = self.convolve(x, activate=False)
+        if y is None:
+            y = self.forward(x) if z is None else self.act(z)
+        return self.backward_pre_activation(self.activation_backward(as_float32(dy), z, y), x)
+
+    def backward_pre_activation(self, dz: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """From dL/d(pre-activation) `dz` `(batch, out_h, out_w, filters)`: the kernel gradient as
+        a correlation of the input patches (the forward's im2col columns) with `dz`, the bias
+        gradient as `dz` summed, and dL/dx `(batch, h, w, in_ch)` as the transposed convolution."""
+        x, dz = as_float32(x), as_float32(dz)
+        kernel = self.weights["kernel"]
+        (kh, kw), cin, filters = self.kernel_size, kernel.shape[2], kernel.shape[3]
+        _, _, oh, ow = output_geometry(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
+        d_kernel = np.zeros((kh * kw * cin, filters), np.float32)
+        for s, m, cols in self.column_chunks(x, oh, ow):
+            d_kernel += cols.reshape(-1, kh * kw * cin).T @ dz[s:s + m].reshape(-1, filters)
+        grads = {"kernel": d_kernel.reshape(kernel.shape)}
+        if "bias" in self.weights:
+            grads["bias"] = dz.sum(axis=(0, 1, 2), dtype=np.float32)
+        dx = self.flipped_correlation(dz, x.shape) if self.strides == (1, 1) else self.col2im(dz, x.shape)
+        return dx, grads
+
+    def flipped_correlation(self, dz: np.ndarray, shape: tuple) -> np.ndarray:
+        """dL/dx for stride 1: `dz`, padded by `k − 1 − pad` before and the rest after, correlated
+        with the kernel flipped in space and its channel axes swapped — the transposed convolution
+        as one im2col matrix product, like the forward pass."""
+        (kh, kw), (n, h, w, cin) = self.kernel_size, shape
+        (t, _), (l, _), oh, ow = output_geometry(h, w, self.kernel_size, self.strides, self.padding)
+        flipped = self.weights["kernel"][::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, cin)  # rows (kh, kw, filters)
+        dx = np.empty(shape, np.float32)
+        pads = ((kh - 1 - t, h - oh + t), (kw - 1 - l, w - ow + l))
+        for s, m, cols in self.column_chunks(dz, h, w, pads):
+            np.matmul(cols.reshape(m * h * w, -1), flipped, out=dx[s:s + m].reshape(-1, cin))
+        return dx
+
+    def col2im(self, dz: np.ndarray, shape: tuple) -> np.ndarray:
+        """dL/dx for any stride: each patch's gradient `dz @ kernelᵀ` added back where the patch was
+        read from."""
+        (kh, kw), (sh, sw), (n, h, w, cin) = self.kernel_size, self.strides, shape
+        (t, b), (l, r), oh, ow = output_geometry(h, w, self.kernel_size, self.strides, self.padding)
+        dx = np.empty(shape, np.float32)
+        step = max(1, min(n, self.chunk_rows // max(oh * ow, 1)))
+        for s in range(0, n, step):
+            m = min(step, n - s)
+            d_cols = (dz[s:s + m].reshape(-1, dz.shape[-1]) @ self.kernel_matrix.T).reshape(m, oh, ow, kh, kw, cin)
+            d_padded = np.zeros((m, h + t + b, w + l + r, cin), np.float32)
+            for i in range(kh):
+                for j in range(kw):
+                    d_padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += d_cols[:, :, :, i, j]
+            dx[s:s + m] = d_padded[:, t:t + h, l:l + w]
+        return dx
 
     def activate_in_place(self, z: np.ndarray) -> None:
         name = activations.activation_name(self.config.get("activation"))
@@ -150,6 +259,11 @@ class Conv2D(Layer):
         """
         from nntrace.tracer.events import ConvPatch
 
+        if self.general:
+            yield from self.window.patches(self.name, x, self.weights["kernel"], self.weights.get("bias"), self.act,
+                                           activations.activation_name(self.config.get("activation")),
+                                           rows, cols, filters)
+            return
         kernel = self.weights["kernel"]
         bias = self.weights.get("bias")
         (t, b), (l, r), oh, ow = output_geometry(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
@@ -174,3 +288,272 @@ class Conv2D(Layer):
                                     value=float(self.act(np.array([pre], np.float32))[0]),
                                     padding=real[0, r * sh:r * sh + kh, c * sw:c * sw + kw, 0] == 0,
                                     origin=(r * sh - t, c * sw - l), **geometry)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dilated and grouped convolution: Conv2D with `dilation_rate` or `groups`, Conv1D,
+# DepthwiseConv2D and SeparableConv2D share one cross-correlation.
+# ---------------------------------------------------------------------------------------------
+def dilated_padding(size: int, k: int, stride: int, dilation: int, padding: str) -> tuple[int, int, int]:
+    """(pad_before, pad_after, out_size) along one axis for `k` taps `dilation` apart; `causal`
+    pads only before (Conv1D)."""
+    span = (k - 1) * dilation + 1
+    if padding == "same":
+        return same_padding(size, span, stride)
+    if padding == "causal":
+        return span - 1, 0, (size - 1) // stride + 1
+    return 0, 0, (size - span) // stride + 1
+
+
+class Window:
+    """Where a kernel reads: `kernel_size` taps per axis, `dilation` apart, moved by `strides`,
+    over an input padded for `padding` (valid, same, causal)."""
+
+    def __init__(self, kernel_size: tuple[int, int], strides: tuple[int, int], dilation: tuple[int, int],
+                 padding: str) -> None:
+        self.kernel_size, self.strides, self.dilation, self.padding = kernel_size, strides, dilation, padding
+
+    def geometry(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int], int, int]:
+        """((top, bottom), (left, right), out_h, out_w)."""
+        t, b, oh = dilated_padding(h, self.kernel_size[0], self.strides[0], self.dilation[0], self.padding)
+        l, r, ow = dilated_padding(w, self.kernel_size[1], self.strides[1], self.dilation[1], self.padding)
+        return (t, b), (l, r), oh, ow
+
+    def pad(self, x: np.ndarray) -> np.ndarray:
+        (t, b), (l, r), _, _ = self.geometry(x.shape[1], x.shape[2])
+        return np.pad(x, ((0, 0), (t, b), (l, r), (0, 0))) if t or b or l or r else x
+
+    def columns(self, xp: np.ndarray, oh: int, ow: int) -> np.ndarray:
+        """Padded `(n, H, W, c)` → `(n, oh, ow, kh, kw, c)`: the cells each output reads."""
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation
+        cols = np.empty((xp.shape[0], oh, ow, kh, kw, xp.shape[3]), np.float32)
+        for i in range(kh):
+            for j in range(kw):
+                cols[:, :, :, i, j] = xp[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+        return cols
+
+    def correlate(self, x: np.ndarray, kernel: np.ndarray, chunk_rows: int = 4096) -> np.ndarray:
+        """`(n, h, w, cin)` ⋆ kernel `(kh, kw, cin/groups, filters)` → `(n, out_h, out_w, filters)`.
+
+        With groups, filter f reads only the input channels of its group f // (filters/groups),
+        as TensorFlow's grouped convolution does.
+        """
+        (kh, kw), (n, h, w, cin) = self.kernel_size, x.shape
+        cin_g, filters = kernel.shape[2], kernel.shape[3]
+        groups = cin // cin_g
+        (_, _), (_, _), oh, ow = self.geometry(h, w)
+        xp = self.pad(as_float32(x))
+        out = np.empty((n, oh, ow, filters), np.float32)
+        step = max(1, min(n, chunk_rows // max(oh * ow, 1)))
+        if groups == 1:
+            matrix = kernel.reshape(-1, filters)
+        else:  # (kh, kw, cin_g, groups, filters per group)
+            grouped = kernel.reshape(kh, kw, cin_g, groups, filters // groups)
+        for s in range(0, n, step):
+            cols = self.columns(xp[s:s + step], oh, ow)
+            m = cols.shape[0]
+            if groups == 1:
+                out[s:s + m] = (cols.reshape(-1, kh * kw * cin) @ matrix).reshape(m, oh, ow, filters)
+            else:
+                split = cols.reshape(m * oh * ow, kh, kw, groups, cin_g)
+                out[s:s + m] = np.einsum("nijgc,ijcgf->ngf", split, grouped, optimize=True).reshape(m, oh, ow, filters)
+        return out
+
+    def patches(self, layer: str, x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, act, act_name: str,
+                rows=None, cols=None, filters=None, stage: str = "") -> Iterator:
+        """One `ConvPatch` per (filter, row, col) of sample `x` `(1, h, w, cin)`, filter-major: the
+        cells the filter reads (dilated, and only its group's channels), times its kernel."""
+        from nntrace.tracer.events import ConvPatch
+
+        x = as_float32(x)
+        (t, b), (l, r), oh, ow = self.geometry(x.shape[1], x.shape[2])
+        geometry = dict(input_size=tuple(x.shape[1:3]), strides=tuple(self.strides), pad=(t + b, l + r),
+                        output_size=(oh, ow), dilation=tuple(self.dilation))
+        xp = self.pad(x)[0]
+        real = self.pad(np.ones((1,) + x.shape[1:3] + (1,), np.float32))[0, :, :, 0]
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation
+        cin_g, n_filters = kernel.shape[2], kernel.shape[3]
+        per_group = n_filters // (x.shape[3] // cin_g)
+        for f in range(n_filters) if filters is None else filters:
+            group = f // per_group
+            k = kernel[..., f]
+            b = np.float32(0.0) if bias is None else bias[f]
+            for row in range(oh) if rows is None else rows:
+                for col in range(ow) if cols is None else cols:
+                    cells = np.ix_(row * sh + np.arange(kh) * dh, col * sw + np.arange(kw) * dw)
+                    patch = xp[cells][:, :, group * cin_g:(group + 1) * cin_g]
+                    products = patch * k
+                    total = products.sum(dtype=np.float32)
+                    pre = np.float32(total + b)
+                    yield ConvPatch(layer, row=row, col=col, filter=f, patch=patch, kernel=k, products=products,
+                                    channel_totals=products.sum(axis=(0, 1), dtype=np.float32), total=float(total),
+                                    activation=act_name, bias=float(b), pre_activation=float(pre),
+                                    value=float(act(np.array([pre], np.float32))[0]), padding=real[cells] == 0,
+                                    origin=(row * sh - t, col * sw - l), group=group, stage=stage, **geometry)
+
+
+class Conv1D(Layer):
+    """1-D cross-correlation over time, channels last; `padding` valid, same or causal (left only).
+
+    Input shape: `(batch, steps, in_channels)`. Output shape: `(batch, out_steps, filters)`.
+    Weights: kernel `(k, in_channels / groups, filters)`, bias `(filters,)`.
+    Its steps are ConvPatch events of one row (`row` 0, `col` the output step).
+    """
+
+    config_keys = ("filters", "kernel_size", "strides", "padding", "activation", "use_bias", "dilation_rate",
+                   "groups")
+    defaults = {"strides": 1, "padding": "valid", "activation": "linear", "use_bias": True, "dilation_rate": 1,
+                "groups": 1}
+
+    def check_config(self, config):
+        super().check_config(config)
+        if config.get("padding", "valid") not in ("valid", "same", "causal"):
+            self.unsupported(f"padding '{config.get('padding')}' is not supported (valid, same, causal)")
+
+    @staticmethod
+    def single(value) -> int:
+        return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+    @property
+    def window(self) -> Window:
+        c = self.config
+        return Window((1, self.single(c["kernel_size"])), (1, self.single(c.get("strides", 1))),
+                      (1, self.single(c.get("dilation_rate", 1))), c.get("padding", "valid"))
+
+    def weight_shapes(self):
+        shapes = {"kernel": (self.single(self.config["kernel_size"]), None, self.config["filters"])}
+        if self.config.get("use_bias", True):
+            shapes["bias"] = (self.config["filters"],)
+        return shapes
+
+    def built(self):
+        self.act = self.activation_fn()
+
+    @property
+    def kernel2d(self) -> np.ndarray:
+        return self.weights["kernel"][None]
+
+    def call(self, x, mask, training):
+        cin = self.weights["kernel"].shape[1] * int(self.config.get("groups", 1))
+        self.expect(x, 3, cin, f"(batch, steps, {cin})")
+        window = self.window
+        if window.geometry(1, x.shape[1])[3] < 1:
+            self.expect(np.empty((0, 0)), 3, None, f"at least {(window.kernel_size[1] - 1) * window.dilation[1] + 1} "
+                                                   f"steps, got {x.shape[1]}")
+        z = window.correlate(as_float32(x)[:, None], self.kernel2d)[:, 0]
+        if "bias" in self.weights:
+            z += self.weights["bias"]
+        return self.act(z)
+
+    def steps(self, x, mask=None, context=None, rows=None, cols=None, filters=None):
+        """One `ConvPatch` per (filter, output step) of sample `x` `(1, steps, in_ch)`; patches are
+        `(1, k, in_ch)`."""
+        return self.window.patches(self.name, as_float32(x)[:, None], self.kernel2d, self.weights.get("bias"),
+                                   self.act, activations.activation_name(self.config.get("activation")),
+                                   rows, cols, filters)
+
+
+class DepthwiseConv2D(Layer):
+    """Each input channel convolved with its own `depth_multiplier` filters: output channel
+    `c·depth_multiplier + m` reads only input channel c (a grouped convolution, one group per channel).
+
+    Input shape: `(batch, h, w, channels)`. Output: `(batch, out_h, out_w, channels·depth_multiplier)`.
+    Weights: kernel `(kh, kw, channels, depth_multiplier)`, bias `(channels·depth_multiplier,)`.
+    """
+
+    config_keys = ("kernel_size", "strides", "padding", "depth_multiplier", "activation", "use_bias",
+                   "dilation_rate")
+    defaults = {"strides": 1, "padding": "valid", "depth_multiplier": 1, "activation": "linear", "use_bias": True,
+                "dilation_rate": 1}
+
+    def check_config(self, config):
+        super().check_config(config)
+        if config.get("padding", "valid") not in ("valid", "same"):
+            self.unsupported(f"padding '{config.get('padding')}' is not supported (valid, same)")
+
+    @property
+    def window(self) -> Window:
+        c = self.config
+        return Window(pair(c["kernel_size"]), pair(c.get("strides", 1)), pair(c.get("dilation_rate", 1)),
+                      c.get("padding", "valid"))
+
+    def weight_shapes(self):
+        kh, kw = pair(self.config["kernel_size"])
+        shapes = {"kernel": (kh, kw, None, int(self.config.get("depth_multiplier", 1)))}
+        if self.config.get("use_bias", True):
+            shapes["bias"] = (None,)
+        return shapes
+
+    def built(self):
+        self.act = self.activation_fn()
+
+    @property
+    def grouped_kernel(self) -> np.ndarray:
+        """`(kh, kw, 1, channels·depth_multiplier)`: filter c·dm + m is kernel[:, :, c, m]."""
+        k = self.weights["kernel"]
+        return k.reshape(k.shape[0], k.shape[1], 1, -1)
+
+    def call(self, x, mask, training):
+        cin = self.weights["kernel"].shape[2]
+        self.expect(x, 4, cin, f"(batch, height, width, {cin})")
+        z = self.window.correlate(x, self.grouped_kernel)
+        if "bias" in self.weights:
+            z += self.weights["bias"]
+        return self.act(z)
+
+    def steps(self, x, mask=None, context=None, rows=None, cols=None, filters=None):
+        """One `ConvPatch` per (output channel, row, col): patches `(kh, kw, 1)` of one input channel
+        (`group`)."""
+        return self.window.patches(self.name, x, self.grouped_kernel, self.weights.get("bias"), self.act,
+                                   activations.activation_name(self.config.get("activation")), rows, cols, filters)
+
+
+class SeparableConv2D(DepthwiseConv2D):
+    """A depthwise convolution, then a 1×1 convolution across its channels (the pointwise step),
+    then the bias and the activation.
+
+    Weights: depthwise_kernel `(kh, kw, channels, depth_multiplier)`, pointwise_kernel
+    `(1, 1, channels·depth_multiplier, filters)`, bias `(filters,)`.
+    """
+
+    config_keys = DepthwiseConv2D.config_keys + ("filters",)
+
+    def weight_shapes(self):
+        kh, kw = pair(self.config["kernel_size"])
+        dm, filters = int(self.config.get("depth_multiplier", 1)), self.config["filters"]
+        shapes = {"depthwise_kernel": (kh, kw, None, dm), "pointwise_kernel": (1, 1, None, filters)}
+        if self.config.get("use_bias", True):
+            shapes["bias"] = (filters,)
+        return shapes
+
+    @property
+    def grouped_kernel(self) -> np.ndarray:
+        k = self.weights["depthwise_kernel"]
+        return k.reshape(k.shape[0], k.shape[1], 1, -1)
+
+    def depthwise(self, x: np.ndarray) -> np.ndarray:
+        cin = self.weights["depthwise_kernel"].shape[2]
+        self.expect(x, 4, cin, f"(batch, height, width, {cin})")
+        return self.window.correlate(x, self.grouped_kernel)
+
+    def call(self, x, mask, training):
+        d = self.depthwise(x)
+        pw = self.weights["pointwise_kernel"][0, 0]
+        z = (d.reshape(-1, pw.shape[0]) @ pw).reshape(d.shape[:3] + (pw.shape[1],))
+        if "bias" in self.weights:
+            z += self.weights["bias"]
+        return self.act(z)
+
+    def steps(self, x, mask=None, context=None, rows=None, cols=None, filters=None, stage: str | None = None):
+        """The depthwise step's ConvPatch events (`stage` "depthwise": one per intermediate channel,
+        no bias, no activation), then the pointwise step's (`stage` "pointwise": a 1×1 patch of
+        every intermediate channel, then the bias and the activation). `filters` picks channels of
+        the stage's own output; `stage` keeps one stage."""
+        if stage in (None, "depthwise"):
+            yield from self.window.patches(self.name, x, self.grouped_kernel, None, activations.linear, "linear",
+                                           rows, cols, filters if stage else None, stage="depthwise")
+        if stage in (None, "pointwise"):
+            d = self.depthwise(as_float32(x))
+            yield from Window((1, 1), (1, 1), (1, 1), "valid").patches(
+                self.name, d, self.weights["pointwise_kernel"], self.weights.get("bias"), self.act,
+                activations.activation_name(self.config.get("activation")), rows, cols, filters, stage="pointwise")

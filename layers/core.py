@@ -35,16 +35,50 @@ class Dense(Layer):
             z += self.weights["bias"]
         return z
 
-    def call(self, x, mask, training):
+    def check_input(self, x: np.ndarray) -> None:
         n_in = self.weights["kernel"].shape[0]
         self.expect(x, None, n_in, f"(batch, ..., {n_in})")
+
+    def call(self, x, mask, training):
+        self.check_input(x)
         return self.act(self.pre_activation(x))
+
+    def forward_with_cache(self, x, mask=None):
+        """The output, and the pre-activation when the activation's gradient needs it."""
+        if not self.weights or not activations.needs_input(self.config.get("activation")):
+            return self.forward(x, mask), None
+        self.check_input(x)
+        z = self.pre_activation(x)
+        return self.act(z), z
+
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """dL/dx `(batch, ..., in)` and {kernel, bias} for dy `(batch, ..., units)`."""
+        z = cache
+        if z is None and activations.needs_input(self.config.get("activation")):
+            z = self.pre_activation(x)
+        if y is None:
+            y = self.forward(x) if z is None else self.act(z)
+        return self.backward_pre_activation(self.activation_backward(as_float32(dy), z, y), x)
+
+    def backward_pre_activation(self, dz: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """From dL/d(pre-activation) `dz` `(batch, ..., units)`: kernel `xᵀ·dz`, bias `Σ dz`,
+        dL/dx `dz·kernelᵀ`, with every leading axis treated as batch."""
+        kernel = self.weights["kernel"]
+        x2 = as_float32(x).reshape(-1, kernel.shape[0])
+        dz2 = as_float32(dz).reshape(-1, kernel.shape[1])
+        grads = {"kernel": x2.T @ dz2}
+        if "bias" in self.weights:
+            grads["bias"] = dz2.sum(axis=0, dtype=np.float32)
+        return (dz2 @ kernel.T).reshape(np.shape(x)), grads
 
     def steps(self, x, mask=None, context=None, units=None, top: int = 10):
         """One `DenseNeuron` per unit of sample `x` `(1, in)` (its `top` largest contributions first);
-        then, with a softmax activation, one `SoftmaxStep`."""
+        then, with a softmax activation, one `SoftmaxStep`. A Dense applied to a sequence
+        `(1, timesteps, in)` has no unit steps: the layer's summary shows its output."""
         from nntrace.tracer.events import DenseNeuron
 
+        if np.ndim(x) > 2:
+            return
         x1 = as_float32(x).reshape(-1)
         kernel, bias = self.weights["kernel"], self.weights.get("bias")
         name = activations.activation_name(self.config.get("activation"))
@@ -65,18 +99,24 @@ class Dense(Layer):
 
 
 class Flatten(Layer):
-    """Row-major flatten of everything after the batch axis: `(batch, h, w, c)` → `(batch, h*w*c)`."""
+    """Row-major flatten of everything after the batch axis: `(batch, h, w, c)` → `(batch, h*w*c)`;
+    `(batch,)` → `(batch, 1)` as in Keras."""
 
     def call(self, x, mask, training):
-        if not isinstance(x, np.ndarray) or x.ndim < 2:
+        if not isinstance(x, np.ndarray) or x.ndim < 1:
             raise InputShapeError(self.name, "Flatten", "of shape (batch, ...)", getattr(x, "shape", type(x)))
         return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        return np.reshape(dy, np.shape(x)), {}
 
     def steps(self, x, mask=None, context=None):
         """One `FlattenMap`: flat index k comes from input cell `sources[k]` (row-major, channels last)."""
         from nntrace.tracer.events import FlattenMap
 
         shape = x.shape[1:]
+        if not shape:  # one number per sample: nothing to rearrange
+            return
         yield FlattenMap(self.name, input_shape=tuple(shape),
                          sources=np.indices(shape).reshape(len(shape), -1).T.astype(np.int32))
 
@@ -92,6 +132,9 @@ class Reshape(Layer):
             raise InputShapeError(self.name, "Reshape", f"with {int(np.prod(target))} values per sample", x.shape)
         return x.reshape((x.shape[0],) + target)
 
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        return np.reshape(dy, np.shape(x)), {}
+
 
 class Activation(Layer):
     """An activation on its own: `(batch, ...)` → same shape."""
@@ -105,22 +148,77 @@ class Activation(Layer):
     def call(self, x, mask, training):
         return self.act(as_float32(x))
 
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        x = as_float32(x)
+        return self.activation_backward(as_float32(dy), x, self.output_of(x, mask, y)), {}
+
+    def backward_pre_activation(self, dz: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, dict]:
+        """The layer is only its activation: dL/d(pre-activation) is dL/dx."""
+        return as_float32(dz), {}
+
     def check_config(self, config):
         super().check_config(config)
         self.act = self.activation_fn()
 
 
 class Softmax(Layer):
-    """Softmax over `axis` (default the last)."""
+    """Softmax over `axis` (default the last; several axes normalise over all of them together).
+
+    With a mask (broadcast against the input from the right), masked positions count as −1e9
+    before the softmax and are 0 after it, as in Keras.
+    """
 
     config_keys = ("axis",)
     supports_masking = True
 
+    def __init__(self, name, **config):
+        super().__init__(name, **config)
+        self.config["axis"] = axis_of(self.config.get("axis", -1))
+
     def call(self, x, mask, training):
-        return activations.softmax(as_float32(x), axis=self.config.get("axis", -1))
+        x = as_float32(x)
+        keep = self.mask_for(x, mask)
+        if keep is not None:
+            x = np.where(keep, x, np.float32(-1e9))
+        axis = self.config["axis"]
+        if isinstance(axis, int):
+            out = activations.softmax(x, axis=axis)
+        else:
+            top = x.max(axis=axis, keepdims=True)
+            out = np.exp(x - (top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))))
+        return out if keep is None else np.where(keep, out, np.float32(0))
+
+    def mask_for(self, x: np.ndarray, mask) -> np.ndarray | None:
+        if mask is None:
+            return None
+        mask = np.asarray(mask)
+        if mask.ndim > x.ndim or any(m not in (1, n) for m, n in zip(mask.shape[::-1], x.shape[::-1])):
+            raise InputShapeError(self.name, "Softmax", f"a mask that broadcasts to {x.shape}", f"shape {mask.shape}")
+        return mask > 0.5 if mask.dtype != bool else mask
+
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """The Jacobian-vector product `(dy − Σ dy·p)·p` over `axis`."""
+        p = self.output_of(x, mask, y)
+        return activations.softmax_grad(as_float32(dy), None, p, axis=self.config.get("axis", -1)), {}
+
+    def backward_pre_activation(self, dz: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, dict]:
+        return as_float32(dz), {}
 
     def steps(self, x, mask=None, context=None):
-        yield softmax_step(self.name, as_float32(x).reshape(-1))
+        """One `SoftmaxStep` when each sample is one vector of logits (masked ones at −1e9)."""
+        x = as_float32(x)
+        if x.ndim != 2 or self.config["axis"] not in (-1, 1):
+            return
+        keep = self.mask_for(x, mask)
+        yield softmax_step(self.name, (x if keep is None else np.where(keep, x, np.float32(-1e9))).reshape(-1))
+
+
+def axis_of(axis) -> int | tuple[int, ...]:
+    """A Keras `axis` setting (an int, or a list as a saved model gives it) as an int or a tuple."""
+    if isinstance(axis, (list, tuple)):
+        axes = tuple(int(a) for a in axis)
+        return axes[0] if len(axes) == 1 else axes
+    return int(axis)
 
 
 class Rescaling(Layer):
@@ -135,6 +233,9 @@ class Rescaling(Layer):
         scale = np.asarray(self.config.get("scale", 1.0), np.float32)
         offset = np.asarray(self.config.get("offset", 0.0), np.float32)
         return as_float32(x) * scale + offset
+
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        return as_float32(dy) * np.asarray(self.config.get("scale", 1.0), np.float32), {}
 
 
 class Dropout(Layer):
@@ -159,8 +260,23 @@ class Dropout(Layer):
         rate = float(self.config.get("rate", 0.0))
         if not training or rate == 0.0:
             return x
-        keep = self.rng.random(x.shape) >= rate
+        keep = self.rng.random(self.noise_shape(x)) >= rate  # broadcast over the axes of size 1
         return np.where(keep, as_float32(x) / np.float32(1.0 - rate), np.float32(0.0))
+
+    def noise_shape(self, x: np.ndarray) -> tuple[int, ...]:
+        """The shape of the keep/drop draws: `noise_shape` with None read from the input (one draw
+        per position where it says 1, shared along that axis), or the input's shape."""
+        shape = self.config.get("noise_shape")
+        if shape is None:
+            return x.shape
+        if len(shape) != x.ndim:
+            raise InputShapeError(self.name, type(self).__name__, f"{len(shape)} axes (noise_shape {tuple(shape)})",
+                                  f"shape {x.shape}")
+        return tuple(n if s is None else int(s) for s, n in zip(shape, x.shape))
+
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """The identity, as the inference forward pass is."""
+        return dy, {}
 
 
 class InputLayer(Layer):
@@ -170,6 +286,9 @@ class InputLayer(Layer):
 
     def call(self, x, mask, training):
         return x
+
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        return dy, {}
 
 
 class Identity(Layer):
@@ -182,6 +301,9 @@ class Identity(Layer):
     def call(self, x, mask, training):
         return x
 
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        return dy, {}
+
 
 def softmax_step(layer_name: str, logits: np.ndarray):
     """The softmax of one logit vector `(classes,)`, shown step by step (same maths as `softmax`)."""
@@ -190,3 +312,159 @@ def softmax_step(layer_name: str, logits: np.ndarray):
     exps = np.exp(logits - logits.max())
     total = exps.sum()
     return SoftmaxStep(layer_name, logits=logits, exps=exps, total=float(total), probabilities=exps / total)
+
+
+class SpatialDropout1D(Dropout):
+    """Dropout of whole channels: one keep/drop draw per (sample, channel) for `(batch, steps,
+    channels)`; the identity at inference."""
+
+    config_keys = ("rate", "seed")
+
+    def noise_shape(self, x):
+        self.expect(x, 3, None, "(batch, steps, channels)")
+        return x.shape[0], 1, x.shape[2]
+
+
+class SpatialDropout2D(Dropout):
+    """Dropout of whole feature maps: one keep/drop draw per (sample, channel) for `(batch, h, w,
+    channels)`; the identity at inference."""
+
+    config_keys = ("rate", "seed")
+
+    def noise_shape(self, x):
+        self.expect(x, 4, None, "(batch, height, width, channels)")
+        return x.shape[0], 1, 1, x.shape[3]
+
+
+class ReLU(Layer):
+    """Keras's ReLU layer: `max_value` caps the output, inputs at or below `threshold` give 0 (or,
+    with a `negative_slope`, `negative_slope·(x − threshold)`)."""
+
+    config_keys = ("max_value", "negative_slope", "threshold")
+    defaults = {"max_value": None, "negative_slope": 0.0, "threshold": 0.0}
+    supports_masking = True
+
+    def call(self, x, mask, training):
+        x = as_float32(x)
+        slope, top, threshold = (self.config.get(k) for k in ("negative_slope", "max_value", "threshold"))
+        slope, threshold = float(slope or 0.0), float(threshold or 0.0)
+        if slope and top is None and not threshold:
+            return activations.leaky_relu(x, slope)
+        negative = activations.relu(threshold - x) if slope else None
+        clip = top is not None
+        if threshold:
+            y = np.where(x > np.float32(threshold), x, np.float32(0))
+        elif top == 6:
+            y, clip = activations.relu6(x), False
+        else:
+            y = activations.relu(x)
+        if clip:
+            y = np.clip(y, np.float32(0), np.float32(top))
+        if slope:
+            y = y - np.float32(slope) * negative
+        return y
+
+    def steps(self, x, mask=None, context=None):
+        """One `ActivationStep`: the sample's input and output."""
+        from nntrace.tracer.events import ActivationStep
+
+        top = self.config.get("max_value")
+        yield ActivationStep(self.name, function="relu", x=as_float32(x)[0], y=self.call(x, mask, False)[0],
+                             negative_slope=float(self.config.get("negative_slope") or 0.0),
+                             max_value=None if top is None else float(top),
+                             threshold=float(self.config.get("threshold") or 0.0))
+
+
+class LeakyReLU(Layer):
+    """`x` where x > 0, `negative_slope·x` elsewhere (Keras's default slope 0.3)."""
+
+    config_keys = ("negative_slope",)
+    defaults = {"negative_slope": 0.3}
+    supports_masking = True
+
+    def call(self, x, mask, training):
+        return activations.leaky_relu(as_float32(x), float(self.config["negative_slope"]))
+
+    def steps(self, x, mask=None, context=None):
+        """One `ActivationStep`: the sample's input and output."""
+        from nntrace.tracer.events import ActivationStep
+
+        yield ActivationStep(self.name, function="leaky_relu", x=as_float32(x)[0], y=self.call(x, mask, False)[0],
+                             negative_slope=float(self.config["negative_slope"]))
+
+
+class ELU(Layer):
+    """`x` where x > 0, `alpha·(exp(x) − 1)` elsewhere."""
+
+    config_keys = ("alpha",)
+    defaults = {"alpha": 1.0}
+    supports_masking = True
+
+    def call(self, x, mask, training):
+        return activations.elu(as_float32(x), float(self.config["alpha"]))
+
+    def steps(self, x, mask=None, context=None):
+        """One `ActivationStep`: the sample's input and output."""
+        from nntrace.tracer.events import ActivationStep
+
+        yield ActivationStep(self.name, function="elu", x=as_float32(x)[0], y=self.call(x, mask, False)[0],
+                             alpha=np.array([self.config["alpha"]], np.float32))
+
+
+class PReLU(Layer):
+    """A leaky ReLU whose slopes are weights: `relu(x) − alpha·relu(−x)`.
+
+    Weights: alpha, the input's shape without the batch axis, with size 1 along `shared_axes`.
+    """
+
+    config_keys = ("shared_axes",)
+    defaults = {"shared_axes": None}
+    supports_masking = True
+
+    def weight_shapes(self):
+        rank = self.weights["alpha"].ndim if "alpha" in self.weights else getattr(self, "rank", 1)
+        return {"alpha": (None,) * rank}
+
+    def set_weights(self, arrays):
+        self.rank = np.ndim(arrays[0]) if len(arrays) == 1 else 1
+        super().set_weights(arrays)
+
+    def call(self, x, mask, training):
+        alpha = self.weights["alpha"]
+        self.expect(x, alpha.ndim + 1, None, f"(batch, ...) of rank {alpha.ndim + 1}")
+        if any(a not in (1, n) for a, n in zip(alpha.shape, x.shape[1:])):
+            raise InputShapeError(self.name, "PReLU", f"a shape that alpha {alpha.shape} fits",
+                                  f"shape {x.shape}")
+        x = as_float32(x)
+        return activations.relu(x) + -alpha * activations.relu(-x)
+
+    def steps(self, x, mask=None, context=None):
+        """One `ActivationStep`: the sample's input and output, and the slopes."""
+        from nntrace.tracer.events import ActivationStep
+
+        yield ActivationStep(self.name, function="prelu", x=as_float32(x)[0], y=self.call(x, mask, False)[0],
+                             alpha=self.weights["alpha"])
+
+
+class Masking(Layer):
+    """Marks time steps whose features all equal `mask_value` as padding: they become 0 and the mask
+    `(batch, steps)` (True where any feature differs) goes to the next layers."""
+
+    config_keys = ("mask_value",)
+    defaults = {"mask_value": 0.0}
+    supports_masking = True
+
+    def call(self, x, mask, training):
+        self.expect(x, None, None, "(batch, steps, ...)")
+        keep = (x != np.float32(self.config["mask_value"])).any(axis=-1, keepdims=True)
+        return np.where(keep, as_float32(x), np.float32(0))
+
+    def compute_mask(self, x, mask):
+        return (np.asarray(x) != np.float32(self.config["mask_value"])).any(axis=-1)
+
+    def steps(self, x, mask=None, context=None):
+        """One `MaskingStep`: which steps of the sample are padding."""
+        from nntrace.tracer.events import MaskingStep
+
+        yield MaskingStep(self.name, mask_value=float(self.config["mask_value"]), x=as_float32(x)[0],
+                          keep=self.compute_mask(x, mask)[0], y=self.call(x, mask, False)[0])

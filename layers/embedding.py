@@ -99,6 +99,10 @@ class TextVectorization(Layer):
             ids[row, :len(tokens)] = [self.index.get(t, self.oov_id) for t in tokens]
         return ids
 
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """Strings have no gradient and the vocabulary is not trained."""
+        return None, {}
+
 
 class Embedding(Layer):
     """Row lookup: ids `(batch, seq_len)` → vectors `(batch, seq_len, output_dim)`.
@@ -125,6 +129,14 @@ class Embedding(Layer):
             raise InputShapeError(self.name, "Embedding", f"token ids in [0, {n})",
                                   f"ids from {ids.min()} to {ids.max()}")
         return self.weights["embeddings"][ids]
+
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """Token ids have no gradient; the embeddings get dy `(batch, seq_len, output_dim)` scattered
+        back to the rows that were read, a row read several times summing its gradients."""
+        dy = np.asarray(dy, np.float32)
+        d_embeddings = np.zeros(self.weights["embeddings"].shape, np.float32)
+        np.add.at(d_embeddings, np.asarray(x).astype(np.int64).reshape(-1), dy.reshape(-1, dy.shape[-1]))
+        return None, {"embeddings": d_embeddings}
 
     def steps(self, x, mask=None, context=None, positions=None):
         """One `EmbeddingLookup` per position of sample `x` `(1, seq_len)`.

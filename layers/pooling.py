@@ -91,6 +91,44 @@ class Pooling2D(Layer):
                                      value=value, origin=(r * sh - t, c * sw - l), **geometry)
 
 
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """dL/dx `(batch, h, w, c)` for dy `(batch, out_h, out_w, c)`; no weights.
+
+        Max: each window's gradient goes to one cell holding its maximum, the first in row-major
+        window order on ties (as TensorFlow's MaxPoolGrad). Average: each window's gradient is
+        shared equally by its real (unpadded) cells.
+        """
+        x, dy = as_float32(x), as_float32(dy)
+        (n, h, w, c), (ph, pw), (sh, sw) = x.shape, self.pool_size, self.strides
+        (t, b), (l, r), oh, ow = output_geometry(h, w, self.pool_size, self.strides,
+                                                 self.config.get("padding", "valid"))
+        d_padded = np.zeros((n, h + t + b, w + l + r, c), np.float32)
+        overlapping = sh < ph or sw < pw
+        if self.reduce == "max":
+            y = as_float32(self.output_of(x, mask, y))
+            padded = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=-np.inf) if t + b + l + r else x
+            taken = np.zeros(dy.shape, bool)  # windows whose winner is already found
+            wins = np.empty(dy.shape, bool)
+            for i in range(ph):  # window offsets in row-major order; never a loop over pixels
+                for j in range(pw):
+                    rows, cols = slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw)
+                    np.equal(padded[:, rows, cols], y, out=wins)
+                    np.greater(wins, taken, out=wins)  # holds the max, and no earlier cell did
+                    taken |= wins
+                    if overlapping:
+                        d_padded[:, rows, cols] += np.multiply(dy, wins, dtype=np.float32)
+                    else:  # each input cell is in one window: write its share in place
+                        np.multiply(dy, wins, out=d_padded[:, rows, cols])
+        else:
+            real = np.pad(np.ones((h, w), np.float32), ((t, b), (l, r)))
+            counts = sliding_window_view(real, (ph, pw))[::sh, ::sw][:oh, :ow].sum(axis=(-2, -1))
+            share = dy / counts[None, :, :, None].astype(np.float32)
+            for i in range(ph):
+                for j in range(pw):
+                    d_padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += share
+        return d_padded[:, t:t + h, l:l + w], {}  # the padding's share falls away
+
+
 class MaxPooling2D(Pooling2D):
     """Maximum of each window."""
 
@@ -116,6 +154,18 @@ class GlobalPooling2D(Layer):
         return x.max(axis=(1, 2), keepdims=keep) if self.reduce == "max" else x.mean(axis=(1, 2), keepdims=keep)
 
 
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """dL/dx `(batch, h, w, c)` for dy `(batch, c)` (or `(batch, 1, 1, c)`): the mean shares it
+        over every cell; the max over every cell holding the maximum, split equally on ties (the
+        gradient of TensorFlow's reduce_max)."""
+        x = as_float32(x)
+        dy = as_float32(dy).reshape(x.shape[0], 1, 1, x.shape[3])
+        if self.reduce == "mean":
+            return np.broadcast_to(dy / np.float32(x.shape[1] * x.shape[2]), x.shape).copy(), {}
+        winners = x == x.max(axis=(1, 2), keepdims=True)
+        return winners * (dy / winners.sum(axis=(1, 2), keepdims=True, dtype=np.float32)), {}
+
+
 class GlobalMaxPooling2D(GlobalPooling2D):
     reduce = "max"
 
@@ -123,3 +173,87 @@ class GlobalMaxPooling2D(GlobalPooling2D):
 class GlobalAveragePooling2D(GlobalPooling2D):
     reduce = "mean"
 
+
+
+class Pooling1D(Pooling2D):
+    """Windows over time: `(batch, steps, c)` → `(batch, out_steps, c)`, as a one-row 2-D pooling.
+
+    Its steps are PoolWindow events of one row (`row` 0, `col` the output step, windows `(1, p)`).
+    """
+
+    @staticmethod
+    def single(value) -> int:
+        return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+    @property
+    def pool_size(self) -> tuple[int, int]:
+        return 1, self.single(self.config.get("pool_size", 2))
+
+    @property
+    def strides(self) -> tuple[int, int]:
+        s = self.config.get("strides")
+        return self.pool_size if s is None else (1, self.single(s))
+
+    def call(self, x, mask, training):
+        self.expect(x, 3, None, "(batch, steps, channels)")
+        return super().call(x[:, None], None, training)[:, 0]
+
+    def steps(self, x, mask=None, context=None, rows=None, cols=None, channels=None):
+        return super().steps(np.asarray(x)[:, None], None, context, rows, cols, channels)
+
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        y = self.output_of(x, None, y) if self.reduce == "max" else y  # the 1-D output, before reshaping
+        dx, grads = super().backward(np.asarray(dy)[:, None], np.asarray(x)[:, None], None,
+                                     None if y is None else np.asarray(y)[:, None], cache)
+        return dx[:, 0], grads
+
+
+class MaxPooling1D(Pooling1D):
+    """Maximum of each window over time."""
+
+    reduce = "max"
+
+
+class AveragePooling1D(Pooling1D):
+    """Mean of each window over time; with `same` padding over the real (unpadded) steps only."""
+
+    reduce = "mean"
+
+
+class GlobalPooling1D(Layer):
+    """Reduce over time: `(batch, steps, c)` → `(batch, c)` (or `(batch, 1, c)` with `keepdims`)."""
+
+    config_keys = ("keepdims",)
+    reduce = "max"
+
+    def call(self, x, mask, training):
+        self.expect(x, 3, None, "(batch, steps, channels)")
+        keep = bool(self.config.get("keepdims", False))
+        x = as_float32(x)
+        return x.max(axis=1, keepdims=keep) if self.reduce == "max" else x.mean(axis=1, keepdims=keep)
+
+
+class GlobalMaxPooling1D(GlobalPooling1D):
+    """Maximum over time; like Keras it ignores (and drops) a mask."""
+
+    reduce = "max"
+
+
+class GlobalAveragePooling1D(GlobalPooling1D):
+    """Mean over time; with a mask, the mean over the unmasked steps only (Keras's rule). No mask
+    leaves it."""
+
+    reduce = "mean"
+    supports_masking = True
+
+    def call(self, x, mask, training):
+        if mask is None:
+            return super().call(x, mask, training)
+        self.expect(x, 3, None, "(batch, steps, channels)")
+        keep = np.asarray(mask, bool)[:, :, None]
+        total = np.where(keep, as_float32(x), np.float32(0)).sum(axis=1, keepdims=True)
+        out = total / keep.sum(axis=1, keepdims=True).astype(np.float32)
+        return out if self.config.get("keepdims", False) else out[:, 0]
+
+    def compute_mask(self, x, mask):
+        return None

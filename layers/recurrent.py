@@ -17,7 +17,10 @@ from nntrace.layers.errors import InputShapeError
 
 # ---------------------------------------------------------------------------------------------
 # Cells: one time step each. `x_proj` is the input projection `x_t @ kernel + bias`, computed for
-# every step at once by the layer (one matrix product) before the scan.
+# every step at once by the layer (one matrix product) before the scan. Backward, a cell turns the
+# gradients of one step's output and new states into the gradient of that step's pre-activation
+# `z = x_proj + h_prev @ recurrent_kernel` and of the previous states; the layer turns the `z`
+# gradients of every step into the weight and input gradients with one matrix product each.
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class SimpleRNNCell:
@@ -27,6 +30,7 @@ class SimpleRNNCell:
     recurrent_kernel: np.ndarray  # (units, units)
     bias: np.ndarray | None       # (units,)
     activation: Callable[[np.ndarray], np.ndarray]
+    activation_grad: activations.Gradient = activations.tanh_grad
 
     n_states = 1
 
@@ -45,6 +49,19 @@ class SimpleRNNCell:
         """One step: returns (output h_t, [h_t])."""
         h = self.activation(x_proj + states[0] @ self.recurrent_kernel)
         return h, [h]
+
+    def step_cached(self, x_proj: np.ndarray, states: Sequence[np.ndarray]):
+        """`step`, plus what `step_backward` needs: (h_prev, pre-activation z, h)."""
+        z = x_proj + states[0] @ self.recurrent_kernel
+        h = self.activation(z)
+        return h, [h], (states[0], z, h)
+
+    def step_backward(self, cache: tuple, d_out: np.ndarray, d_states: Sequence[np.ndarray]):
+        """Gradients of one step: (dL/dz `(batch, units)`, [dL/dh_prev]) from dL/d(output) and
+        dL/d(new states); the output is the new state h, so both reach it."""
+        _, z, h = cache
+        dz = self.activation_grad(d_out + d_states[0], z, h)
+        return dz, [dz @ self.recurrent_kernel.T]
 
     def explain(self, x_t: np.ndarray, states: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """The parts of one step for `x_t` `(batch, features)`: x·W, h_prev·U, bias, pre-activation."""
@@ -65,6 +82,8 @@ class LSTMCell:
     bias: np.ndarray | None       # (4*units,)
     activation: Callable[[np.ndarray], np.ndarray]
     recurrent_activation: Callable[[np.ndarray], np.ndarray]
+    activation_grad: activations.Gradient = activations.tanh_grad
+    recurrent_activation_grad: activations.Gradient = activations.sigmoid_grad
 
     n_states = 2
 
@@ -76,7 +95,10 @@ class LSTMCell:
 
     def gates(self, x_proj: np.ndarray, h_prev: np.ndarray) -> tuple[np.ndarray, ...]:
         """The four activated gates (i, f, g, o), each `(batch, units)`."""
-        z = x_proj + h_prev @ self.recurrent_kernel
+        return self.activate_gates(x_proj + h_prev @ self.recurrent_kernel)
+
+    def activate_gates(self, z: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Pre-activation `z` `(batch, 4*units)` → the gates (i, f, g, o)."""
         u = self.units
         gated = self.recurrent_activation(z)  # one call for all four blocks; the g block is replaced
         return gated[:, :u], gated[:, u:2 * u], self.activation(z[:, 2 * u:3 * u]), gated[:, 3 * u:]
@@ -101,24 +123,130 @@ class LSTMCell:
         h = o * self.activation(c)
         return h, [h, c]
 
+    def step_cached(self, x_proj: np.ndarray, states: Sequence[np.ndarray]):
+        """`step`, plus what `step_backward` needs: (c_prev, i, f, g, o, c, activation(c), and the
+        gates' derivatives with respect to z `(batch, 4*units)`)."""
+        h_prev, c_prev = states
+        z = x_proj + h_prev @ self.recurrent_kernel
+        u = self.units
+        gated = self.recurrent_activation(z)
+        g = self.activation(z[:, 2 * u:3 * u])
+        i, f, o = gated[:, :u], gated[:, u:2 * u], gated[:, 3 * u:]
+        c = f * c_prev + i * g
+        c_act = self.activation(c)
+        h = o * c_act
+        slopes = activations.derivative(self.recurrent_activation_grad, z, gated)  # all four blocks at once
+        slopes[:, 2 * u:3 * u] = activations.derivative(self.activation_grad, z[:, 2 * u:3 * u], g)
+        return h, [h, c], (c_prev, i, f, g, o, c, c_act, slopes)
+
+    def step_backward(self, cache: tuple, d_out: np.ndarray, d_states: Sequence[np.ndarray]):
+        """Gradients of one step: (dL/dz `(batch, 4*units)` in gate order i, f, g, o,
+        [dL/dh_prev, dL/dc_prev]) from dL/d(output h) and dL/d(new h, new c)."""
+        c_prev, i, f, g, o, c, c_act, slopes = cache
+        dh = d_out + d_states[0]
+        dc = d_states[1] + self.activation_grad(dh * o, c, c_act)  # h = o·act(c)
+        # c = f·c_prev + i·g: the gradients of i, f, g, o, then through each gate's activation
+        dz = np.concatenate([dc * g, dc * c_prev, dc * i, dh * c_act], axis=1)
+        dz *= slopes
+        return dz, [dz @ self.recurrent_kernel.T, dc * f]
+
+
+@dataclass
+class GRUCell:
+    """Gates in Keras order z (update), r (reset), h (candidate h̃):
+    `z = σ(x·W_z + b_z + h·U_z [+ rb_z])`, `r = σ(x·W_r + b_r + h·U_r [+ rb_r])`;
+    `reset_after`: `h̃ = tanh(x·W_h + b_h + r ⊙ (h·U_h + rb_h))`, else `h̃ = tanh(x·W_h + b_h + (r ⊙ h)·U_h)`;
+    `h_t = z ⊙ h_prev + (1 − z) ⊙ h̃` (z keeps the old state)."""
+
+    kernel: np.ndarray                  # (features, 3*units)
+    recurrent_kernel: np.ndarray        # (units, 3*units)
+    bias: np.ndarray | None             # input bias (3*units,)
+    recurrent_bias: np.ndarray | None   # (3*units,) with reset_after, else None
+    activation: Callable[[np.ndarray], np.ndarray]
+    recurrent_activation: Callable[[np.ndarray], np.ndarray]
+    reset_after: bool = True
+
+    n_states = 1
+
+    @property
+    def units(self) -> int:
+        return self.recurrent_kernel.shape[0]
+
+    project_inputs = SimpleRNNCell.project_inputs
+
+    def parts(self, x_proj: np.ndarray, h_prev: np.ndarray) -> dict[str, np.ndarray]:
+        """z, r, the candidate h̃ and the recurrent parts `h·U` (per gate) of one step."""
+        u = self.units
+        if self.reset_after:
+            inner = h_prev @ self.recurrent_kernel
+            h_part = inner.copy()
+            if self.recurrent_bias is not None:
+                inner += self.recurrent_bias
+        else:
+            inner = h_prev @ self.recurrent_kernel[:, :2 * u]
+        z = self.recurrent_activation(x_proj[:, :u] + inner[:, :u])
+        r = self.recurrent_activation(x_proj[:, u:2 * u] + inner[:, u:2 * u])
+        if self.reset_after:
+            recurrent_h = r * inner[:, 2 * u:]
+        else:
+            h_part = np.concatenate([inner, (r * h_prev) @ self.recurrent_kernel[:, 2 * u:]], axis=-1)
+            recurrent_h = h_part[:, 2 * u:]
+        h_tilde = self.activation(x_proj[:, 2 * u:] + recurrent_h)
+        return {"z": z, "r": r, "h_tilde": h_tilde, "h_part": h_part, "recurrent_h": recurrent_h}
+
+    def step(self, x_proj, states):
+        h_prev = states[0]
+        p = self.parts(x_proj, h_prev)
+        h = p["z"] * h_prev + (1 - p["z"]) * p["h_tilde"]
+        return h, [h]
+
+    def explain(self, x_t: np.ndarray, states: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """The gates of one step for `x_t` `(batch, features)` and their parts, each `(batch, 3, units)`
+        with rows in the order z, r, h: x·W, h_prev·U (for the h row: h_prev·U_h with `reset_after`,
+        (r ⊙ h_prev)·U_h without), the input bias, the recurrent bias (`reset_after`), and the
+        pre-activation (h row: x·W_h + b_h + r ⊙ (h·U_h + rb_h), or x·W_h + b_h + (r ⊙ h)·U_h)."""
+        u = self.units
+        x_part = x_t @ self.kernel
+        x_proj = self.project_inputs(x_t)
+        p = self.parts(x_proj, states[0])
+        split = lambda v: v.reshape(v.shape[:-1] + (3, u))  # noqa: E731
+        bias = np.zeros(3 * u, np.float32) if self.bias is None else self.bias
+        recurrent_bias = None
+        inner = p["h_part"]
+        if self.reset_after:
+            recurrent_bias = np.zeros(3 * u, np.float32) if self.recurrent_bias is None else self.recurrent_bias
+            inner = inner + recurrent_bias
+        pre = np.concatenate([x_proj[:, :2 * u] + inner[:, :2 * u], x_proj[:, 2 * u:] + p["recurrent_h"]], axis=-1)
+        return {"z": p["z"], "r": p["r"], "h_tilde": p["h_tilde"], "x_part": split(x_part),
+                "h_part": split(p["h_part"]), "bias": split(np.broadcast_to(bias, x_part.shape)),
+                "recurrent_bias": None if recurrent_bias is None else split(np.broadcast_to(recurrent_bias,
+                                                                                          x_part.shape)),
+                "pre_activation": split(pre)}
+
 
 # ---------------------------------------------------------------------------------------------
 # The scan: the one place that knows about masks and direction (Keras's backend.rnn).
 # ---------------------------------------------------------------------------------------------
 def scan_steps(cell, x_proj: np.ndarray, mask: np.ndarray | None = None, go_backwards: bool = False,
-               zero_output_for_mask: bool = False) -> Iterator[tuple[int, int, np.ndarray, list, list]]:
+               zero_output_for_mask: bool = False,
+               tape: list | None = None) -> Iterator[tuple[int, int, np.ndarray, list, list]]:
     """The scan, one step at a time: yields `(k, t, output, states_before, states_after)`.
 
     `k` counts processing steps, `t` is the index in the input sequence. At a masked step every
     state keeps its previous value and the output is the previous output (or zeros with
-    `zero_output_for_mask`), as in Keras's backend.rnn.
+    `zero_output_for_mask`), as in Keras's backend.rnn. A `tape` list receives each step's cell
+    cache, in processing order, for `scan_backward`.
     """
     batch, steps = x_proj.shape[:2]
     states = [np.zeros((batch, cell.units), np.float32) for _ in range(cell.n_states)]
     prev_out = np.zeros((batch, cell.units), np.float32)
     order = range(steps - 1, -1, -1) if go_backwards else range(steps)
     for k, t in enumerate(order):
-        out, new_states = cell.step(x_proj[:, t], states)
+        if tape is None:
+            out, new_states = cell.step(x_proj[:, t], states)
+        else:
+            out, new_states, cache = cell.step_cached(x_proj[:, t], states)
+            tape.append((states[0], cache))
         if mask is not None:
             m = mask[:, t, None]
             new_states = [np.where(m, n, s) for n, s in zip(new_states, states)]
@@ -128,30 +256,74 @@ def scan_steps(cell, x_proj: np.ndarray, mask: np.ndarray | None = None, go_back
 
 
 def scan(cell, x_proj: np.ndarray, mask: np.ndarray | None = None, go_backwards: bool = False,
-         zero_output_for_mask: bool = False) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+         zero_output_for_mask: bool = False, tape: list | None = None) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """Run `cell` over time.
 
     Args:
         x_proj: projected inputs `(batch, timesteps, gates*units)`.
         mask: `(batch, timesteps)` bools; see `scan_steps` for the masking rule.
         go_backwards: process time reversed; outputs stay in processing order (as Keras).
+        tape: a list to receive what `scan_backward` needs (see `scan_steps`).
     Returns:
         (last_output `(batch, units)`, outputs `(batch, timesteps, units)`, final states).
     """
     batch, steps = x_proj.shape[:2]
     outputs = np.zeros((batch, steps, cell.units), np.float32)
     states = [np.zeros((batch, cell.units), np.float32) for _ in range(cell.n_states)]
-    for k, _, out, _, states in scan_steps(cell, x_proj, mask, go_backwards, zero_output_for_mask):
+    for k, _, out, _, states in scan_steps(cell, x_proj, mask, go_backwards, zero_output_for_mask, tape):
         outputs[:, k] = out
     last = outputs[:, -1] if steps else np.zeros((batch, cell.units), np.float32)
     return last, outputs, states
+
+
+def scan_backward(cell, tape: list, d_outputs: np.ndarray, mask: np.ndarray | None = None,
+                  go_backwards: bool = False, zero_output_for_mask: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Backpropagation through time: the scan of `scan_steps` run in reverse.
+
+    Args:
+        tape: the forward scan's tape (one `(h_prev, cell cache)` per processing step).
+        d_outputs: dL/d(outputs) `(batch, timesteps, units)` in processing order (for a layer
+            without `return_sequences`, zeros but the last step).
+        mask, go_backwards, zero_output_for_mask: as in the forward scan.
+    Returns:
+        (dL/dz `(batch, timesteps, gates*units)` in input time order — the gradient of each
+        step's `x_proj`, zero at masked steps — and dL/d(recurrent_kernel)).
+
+    A masked step copied the states and (unless `zero_output_for_mask`) the previous output, so
+    their gradients pass through it unchanged and the step's own computation gets nothing.
+    """
+    batch, steps = d_outputs.shape[:2]
+    zeros = np.zeros((batch, cell.units), np.float32)
+    d_states = [zeros] * cell.n_states
+    d_carry = zeros  # reaches the previous output through a masked step
+    dz = np.zeros((batch, steps, cell.recurrent_kernel.shape[1]), np.float32)
+    h_prev = np.zeros((batch, steps, cell.units), np.float32)
+    for k in range(steps - 1, -1, -1):
+        t = steps - 1 - k if go_backwards else k
+        d_out = d_outputs[:, k] + d_carry
+        stepped = None if mask is None else mask[:, t]
+        if stepped is not None and not stepped.any():  # no sequence stepped: everything passes through
+            d_carry = zeros if zero_output_for_mask else d_out
+            continue
+        h_prev[:, k], cache = tape[k]
+        if stepped is None or stepped.all():
+            d_carry = zeros
+            dz[:, k], d_states = cell.step_backward(cache, d_out, d_states)
+            continue
+        took = stepped[:, None].astype(np.float32)  # 1 where the step happened, 0 where it copied
+        kept = 1 - took
+        d_carry = zeros if zero_output_for_mask else d_out * kept
+        dz[:, k], d_new = cell.step_backward(cache, d_out * took, [d * took for d in d_states])
+        d_states = [new + d * kept for new, d in zip(d_new, d_states)]
+    d_recurrent_kernel = h_prev.reshape(-1, cell.units).T @ dz.reshape(batch * steps, -1)
+    return (dz[:, ::-1] if go_backwards else dz), d_recurrent_kernel
 
 
 # ---------------------------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------------------------
 class Recurrent(Layer):
-    """Shared by SimpleRNN and LSTM: weights, the input projection, the scan, the output choice.
+    """Shared by SimpleRNN, LSTM and GRU: weights, the input projection, the scan, the output choice.
 
     Input shape: `(batch, timesteps, features)`; output `(batch, units)` or, with
     `return_sequences`, `(batch, timesteps, units)` (reversed time order if `go_backwards`).
@@ -182,6 +354,12 @@ class Recurrent(Layer):
     def make_cell(self):
         raise NotImplementedError
 
+    def gradient_fn(self, key: str = "activation") -> activations.Gradient:
+        try:
+            return activations.gradient(self.config.get(key, "linear"))
+        except ValueError as exc:
+            self.unsupported(str(exc))
+
     def check_input(self, x: np.ndarray, mask: np.ndarray | None) -> None:
         n_in = self.weights["kernel"].shape[0]
         self.expect(x, 3, n_in, f"(batch, timesteps, {n_in})")
@@ -189,22 +367,56 @@ class Recurrent(Layer):
             raise InputShapeError(self.name, type(self).__name__, f"a mask of shape {x.shape[:2]}",
                                   f"shape {np.shape(mask)}")
 
-    def run(self, x: np.ndarray, mask: np.ndarray | None):
-        """Scan the sequence: (last_output, outputs in processing order, states)."""
+    def run(self, x: np.ndarray, mask: np.ndarray | None, tape: list | None = None):
+        """Scan the sequence: (last_output, outputs in processing order, states); see `scan`."""
         self.check_input(x, mask)
         x_proj = self.cell.project_inputs(as_float32(x))
         return scan(self.cell, x_proj, None if mask is None else np.asarray(mask, bool),
                     bool(self.config.get("go_backwards", False)),
-                    bool(self.config.get("zero_output_for_mask", False)))
+                    bool(self.config.get("zero_output_for_mask", False)), tape)
 
     def call(self, x, mask, training):
         last, outputs, _ = self.run(x, mask)
         return outputs if self.config.get("return_sequences", False) else last
 
+    def forward_with_cache(self, x, mask=None):
+        """The output and the scan's tape (each step's cell cache) for `backward`."""
+        if not self.weights or not hasattr(self.cell, "step_cached"):
+            return self.forward(x, mask), None
+        tape: list = []
+        last, outputs, _ = self.run(x, mask, tape)
+        return (outputs if self.config.get("return_sequences", False) else last), tape
+
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """dL/dx `(batch, timesteps, features)` and {kernel, recurrent_kernel, bias} for dy
+        `(batch, units)` or, with `return_sequences`, `(batch, timesteps, units)` (processing order)."""
+        if not hasattr(self.cell, "step_backward"):
+            return Layer.backward(self, dy, x, mask, y, cache)  # says which layers have one
+        x = as_float32(x)
+        tape = self.forward_with_cache(x, mask)[1] if cache is None else cache
+        dy = as_float32(dy)
+        batch, steps = x.shape[:2]
+        if self.config.get("return_sequences", False):
+            d_outputs = dy
+        else:
+            d_outputs = np.zeros((batch, steps, self.cell.units), np.float32)
+            if steps:
+                d_outputs[:, -1] = dy
+        kernel = self.weights["kernel"]
+        dz, d_recurrent_kernel = scan_backward(self.cell, tape, d_outputs,
+                                               None if mask is None else np.asarray(mask, bool),
+                                               bool(self.config.get("go_backwards", False)),
+                                               bool(self.config.get("zero_output_for_mask", False)))
+        dz_rows = dz.reshape(-1, kernel.shape[1])
+        grads = {"kernel": x.reshape(-1, kernel.shape[0]).T @ dz_rows, "recurrent_kernel": d_recurrent_kernel}
+        if "bias" in self.weights:
+            grads["bias"] = dz_rows.sum(axis=0, dtype=np.float32)
+        return (dz_rows @ kernel.T).reshape(x.shape), grads
+
     def steps(self, x, mask=None, context=None, times=None, direction: str = "forward"):
         """One `RNNStep`/`LSTMStep` per time step of sample `x` `(1, timesteps, features)`, in
         processing order; `times` keeps only those input-order indices."""
-        from nntrace.tracer.events import LSTMStep, RNNStep
+        from nntrace.tracer.events import GRUStep, LSTMStep, RNNStep
 
         self.check_input(x, mask)
         x = as_float32(x)
@@ -220,11 +432,16 @@ class Recurrent(Layer):
             if masked:  # the step did not happen: no fresh values, the states carry over
                 parts = {}
             else:
-                parts = {name: value[0] for name, value in self.cell.explain(x[:, t], before).items()}
+                parts = {name: None if value is None else value[0]
+                         for name, value in self.cell.explain(x[:, t], before).items()}
             if isinstance(self.cell, LSTMCell):
                 yield LSTMStep(self.name, c_prev=before[1][0], c=after[1][0], **parts, **common,
                                recurrent_activation=activations.activation_name(
                                    self.config.get("recurrent_activation", "sigmoid")))
+            elif isinstance(self.cell, GRUCell):
+                yield GRUStep(self.name, reset_after=self.cell.reset_after, **parts, **common,
+                              recurrent_activation=activations.activation_name(
+                                  self.config.get("recurrent_activation", "sigmoid")))
             else:
                 yield RNNStep(self.name, **parts, **common)
 
@@ -239,7 +456,7 @@ class SimpleRNN(Recurrent):
 
     def make_cell(self):
         return SimpleRNNCell(self.weights["kernel"], self.weights["recurrent_kernel"],
-                             self.weights.get("bias"), self.activation_fn())
+                             self.weights.get("bias"), self.activation_fn(), self.gradient_fn())
 
 
 class LSTM(Recurrent):
@@ -250,10 +467,41 @@ class LSTM(Recurrent):
 
     def make_cell(self):
         return LSTMCell(self.weights["kernel"], self.weights["recurrent_kernel"], self.weights.get("bias"),
-                        self.activation_fn(), self.activation_fn("recurrent_activation"))
+                        self.activation_fn(), self.activation_fn("recurrent_activation"),
+                        self.gradient_fn(), self.gradient_fn("recurrent_activation"))
 
 
-RECURRENT_LAYERS: dict[str, type[Recurrent]] = {"SimpleRNN": SimpleRNN, "LSTM": LSTM}
+class GRU(Recurrent):
+    """Gated recurrent unit; weights kernel `(in, 3u)`, recurrent_kernel `(u, 3u)`, bias `(2, 3u)`
+    (row 0 the input bias, row 1 the recurrent bias) with `reset_after` (the default), else `(3u,)`.
+    Gate order z, r, h."""
+
+    gates = 3
+    config_keys = Recurrent.config_keys + ("reset_after",)
+    defaults = {**Recurrent.defaults, "recurrent_activation": "sigmoid", "reset_after": True}
+
+    def weight_shapes(self):
+        shapes = super().weight_shapes()
+        if "bias" in shapes and self.config.get("reset_after", True):
+            shapes["bias"] = (2, 3 * self.config["units"])
+        return shapes
+
+    def forward_with_cache(self, x, mask=None):
+        return self.forward(x, mask), None
+
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        self.unsupported("has no backward pass yet")
+
+    def make_cell(self):
+        bias = self.weights.get("bias")
+        reset_after = bool(self.config.get("reset_after", True))
+        return GRUCell(self.weights["kernel"], self.weights["recurrent_kernel"],
+                       bias[0] if bias is not None and reset_after else bias,
+                       bias[1] if bias is not None and reset_after else None,
+                       self.activation_fn(), self.activation_fn("recurrent_activation"), reset_after)
+
+
+RECURRENT_LAYERS: dict[str, type[Recurrent]] = {"SimpleRNN": SimpleRNN, "LSTM": LSTM, "GRU": GRU}
 
 
 class Bidirectional(Layer):
@@ -283,7 +531,8 @@ class Bidirectional(Layer):
                 from nntrace.layers import SUPPORTED_LAYERS
                 from nntrace.layers.errors import UnsupportedLayerError
                 raise UnsupportedLayerError(config.get("name", "bidirectional"), f"Bidirectional({class_name})",
-                                            SUPPORTED_LAYERS, f"wraps {class_name}, only SimpleRNN and LSTM are supported")
+                                            SUPPORTED_LAYERS,
+                                            f"wraps {class_name}, only SimpleRNN, LSTM and GRU are supported")
             inner_cfg = dict(spec["config"])
             if go_backwards is not None:
                 inner_cfg["go_backwards"] = go_backwards
@@ -343,6 +592,42 @@ class Bidirectional(Layer):
 
     def call(self, x, mask, training):
         return self.merge(*self.directions(x, mask))
+
+    def forward_with_cache(self, x, mask=None):
+        """The merged output, and for `backward` both directions' outputs (backward in input time
+        order) and tapes."""
+        y, tape = self.forward_layer.forward_with_cache(x, mask)
+        y_rev, tape_rev = self.backward_layer.forward_with_cache(x, mask)
+        if self.return_sequences:
+            y_rev = y_rev[:, ::-1]
+        return self.merge(y, y_rev), (y, y_rev, tape, tape_rev)
+
+    def split_gradient(self, dy, y: np.ndarray, y_rev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """dL/d(merged output) → the two directions' output gradients (input time order)."""
+        mode = self.config["merge_mode"]
+        if mode is None:
+            return as_float32(dy[0]), as_float32(dy[1])
+        dy = as_float32(dy)
+        if mode == "concat":
+            return dy[..., :y.shape[-1]], dy[..., y.shape[-1]:]
+        if mode == "sum":
+            return dy, dy
+        if mode == "ave":
+            return dy / np.float32(2), dy / np.float32(2)
+        return dy * y_rev, dy * y  # mul
+
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """dL/dx, the sum of both directions' input gradients, and their weight gradients
+        (`forward_*`, `backward_*`) for dy shaped like the merged output (a pair with
+        `merge_mode=None`)."""
+        y_fwd, y_rev, tape, tape_rev = self.forward_with_cache(x, mask)[1] if cache is None else cache
+        d_fwd, d_rev = self.split_gradient(dy, y_fwd, y_rev)
+        if self.return_sequences:
+            d_rev = d_rev[:, ::-1]  # back to the backward layer's processing order
+        dx, grads = self.forward_layer.backward(d_fwd, x, mask, cache=tape)
+        dx_rev, grads_rev = self.backward_layer.backward(d_rev, x, mask, cache=tape_rev)
+        return dx + dx_rev, {**{f"forward_{k}": v for k, v in grads.items()},
+                             **{f"backward_{k}": v for k, v in grads_rev.items()}}
 
     def steps(self, x, mask=None, context=None, times=None):
         """The forward sweep's steps, the backward sweep's steps, then one `BidirectionalMerge`."""

@@ -7,21 +7,78 @@ import numpy as np
 
 
 def keras_layer_outputs(model, x: Any) -> dict[str, Any]:
-    """Every layer's output for `x`, keyed by layer name (one sub-model over all layer outputs).
+    """Every layer call's output for `x`, keyed by graph node name (the layer's name; `name:k` for a
+    shared layer's further calls).
 
-    Text models take a list/array of strings (batch,) like the scratch side.
+    Text models take a list/array of strings (batch,) like the scratch side; a model with several
+    inputs a list of arrays in input order (or a dict keyed by input name).
+    """
+    return {name: out for name, (out, _) in keras_node_outputs(model, x).items()}
+
+
+def keras_node_outputs(model, x: Any) -> dict[str, tuple[Any, Any]]:
+    """Node name → (Keras's output, the mask Keras attached to it, or None), in the order they run.
+
+    The model runs once, as Keras runs it (inference mode); every layer of the flattened graph
+    (`models.convert.keras_graph`, nested models expanded) records what its calls return, the k-th
+    call of a layer being node `name:k`.
     """
     import keras
+    from keras.src import backend
 
-    from nntrace.models.convert import keras_chain
+    from nntrace.models.convert import keras_graph
+
+    graph = keras_graph(model)
+    names = [name for name, _ in graph.inputs]
+    if isinstance(x, dict):
+        x = [x[n] for n in names]
+    given = [keras_tensor_of(v) for v in x] if len(names) > 1 else keras_tensor_of(x)
+    calls: dict[int, list] = {}
+    layers = {id(k.klayer): k.klayer for k in graph.nodes}
+
+    def recording(klayer):
+        call = klayer.call
+
+        def record(*args, **kwargs):
+            out = call(*args, **kwargs)
+            calls.setdefault(id(klayer), []).append(out)
+            return out
+        return record
+
+    own = {key: vars(klayer).get("call") for key, klayer in layers.items()}
+    try:
+        for klayer in layers.values():
+            klayer.call = recording(klayer)
+        model(given, training=False)
+    finally:
+        for key, klayer in layers.items():
+            if own[key] is None:
+                del klayer.call  # back to the class's own method
+            else:
+                klayer.call = own[key]
+    out = {}
+    for knode in graph.nodes:
+        node = knode.node
+        k = int(node.name[len(node.layer) + 1:]) if node.name != node.layer else 0
+        y = calls[id(knode.klayer)][k]
+        if isinstance(y, (list, tuple)):
+            out[knode.node.name] = (tuple(to_numpy(v) for v in y), None)
+        else:
+            mask = backend.get_keras_mask(y)
+            out[knode.node.name] = (to_numpy(y), None if mask is None else np.asarray(keras.ops.convert_to_numpy(mask)))
+    return out
+
+
+def keras_tensor_of(x: Any):
+    """A model input as Keras takes it: strings as a `(n, 1)` string tensor, arrays as tensors."""
+    import keras
+
     from nntrace.models.train import keras_input
 
-    chain = keras_chain(model)
-    probe = keras.Model(model.inputs[0], [layer.output for layer in chain])
-    outputs = probe(keras_input(np.asarray(x)) if np.asarray(x).dtype.kind in "UO" else x, training=False)
-    if not isinstance(outputs, (list, tuple)) or len(chain) == 1:
-        outputs = [outputs]
-    return {layer.name: to_numpy(out) for layer, out in zip(chain, outputs)}
+    arr = np.asarray(x)
+    if arr.dtype.kind in "UO":
+        return keras_input(arr)
+    return keras.ops.convert_to_tensor(arr)
 
 
 def to_numpy(value: Any) -> Any:

@@ -33,20 +33,20 @@ def assert_parity(keras_model, x, scratch=None) -> None:
     scratch = scratch or load_scratch(keras_model)
     expected = keras_layer_outputs(keras_model, x)
     seen = 0
-    for layer, out, _ in scratch.forward_layers(x):
-        if layer.name not in expected:
+    for name, layer, out, _ in scratch.forward_nodes(x):
+        if name not in expected:
             continue
-        ref = expected[layer.name]
+        ref = expected[name]
         if isinstance(ref, tuple):
             for a, b in zip(out, ref):
-                np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=f"layer {layer.name}")
+                np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=f"layer {name}")
         elif ref.dtype.kind in "iu":
-            np.testing.assert_array_equal(out, ref, err_msg=f"layer {layer.name}")
+            np.testing.assert_array_equal(out, ref, err_msg=f"layer {name}")
         else:
-            np.testing.assert_allclose(out, ref, rtol=RTOL, atol=ATOL, err_msg=f"layer {layer.name}")
+            np.testing.assert_allclose(out, ref, rtol=RTOL, atol=ATOL, err_msg=f"layer {name}")
         seen += 1
-    assert seen == len([l for l in scratch.layers if l.name in expected]) and seen > 0
-    final = expected[scratch.layers[-1].name]  # the last layer's output is the model's output
+    assert seen == len([n for n in scratch.order if n in expected]) and seen > 0
+    final = expected[scratch.graph.output.node]  # the output node's output is the model's output
     probs = scratch.forward(x)
     np.testing.assert_allclose(probs, final, atol=PROB_ATOL, rtol=0)
     if final.shape[-1] < 2:

@@ -41,8 +41,8 @@ def compare(scratch, keras_model, x: Any) -> list[LayerDiff]:
     from nntrace.models.keras_probe import keras_layer_outputs
 
     ours, classes = {}, {}
-    for layer, out, _ in scratch.forward_layers(x):
-        ours[layer.name] = np.stack(out, 0) if isinstance(out, tuple) else out
-        classes[layer.name] = type(layer).__name__
+    for name, layer, out, _ in scratch.forward_nodes(x):
+        ours[name] = np.stack(out, 0) if isinstance(out, tuple) else out
+        classes[name] = type(layer).__name__
     theirs = {k: (np.stack(v, 0) if isinstance(v, tuple) else v) for k, v in keras_layer_outputs(keras_model, x).items()}
     return diff_outputs(ours, theirs, classes)

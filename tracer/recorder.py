@@ -13,10 +13,10 @@ class NullTracer:
 
     enabled = False
 
-    def layer_start(self, layer, x, mask) -> None:  # pragma: no cover - never called when disabled
+    def layer_start(self, layer, x, mask, name=None, options=None) -> None:  # pragma: no cover - never called
         pass
 
-    def layer_end(self, layer, y, mask) -> None:  # pragma: no cover
+    def layer_end(self, layer, y, mask, name=None) -> None:  # pragma: no cover
         pass
 
 
@@ -26,7 +26,12 @@ NULL_TRACER = NullTracer()
 class Recorder:
     """Records LayerStart/LayerEnd for sample `sample` of the batch, and each layer's input for that
     sample (so fine-grained steps can be produced later, lazily). Use as a context manager; it
-    refuses to nest."""
+    refuses to nest.
+
+    Events are named after the graph node (`name`, default the layer's name: a shared layer's
+    further calls are `layer:k`); a layer with several inputs gets a tuple `x` and a tuple `mask`,
+    and the call's `options` (`use_causal_mask`, …) are kept beside its input.
+    """
 
     enabled = True
     _active: "Recorder | None" = None
@@ -35,6 +40,7 @@ class Recorder:
         self.sample = sample
         self.events: list[Event] = []
         self.inputs: dict[str, tuple[Any, np.ndarray | None]] = {}
+        self.options: dict[str, dict] = {}
 
     def __enter__(self) -> "Recorder":
         if Recorder._active is not None:
@@ -46,21 +52,30 @@ class Recorder:
         Recorder._active = None
 
     def _pick(self, value: Any) -> Any:
+        if value is None:
+            return None
         if isinstance(value, tuple):
             return tuple(self._pick(v) for v in value)
         if isinstance(value, np.ndarray):
             return value[self.sample:self.sample + 1].copy()
         return list(value)[self.sample:self.sample + 1]  # raw strings
 
-    def layer_start(self, layer, x, mask) -> None:
-        self.inputs[layer.name] = (self._pick(x), None if mask is None else mask[self.sample:self.sample + 1].copy())
-        shape = tuple(np.shape(x)) if isinstance(x, np.ndarray) else (len(x),)
-        self.events.append(LayerStart(layer.name, layer_class=type(layer).__name__, input_shape=shape))
+    def layer_start(self, layer, x, mask, name=None, options=None) -> None:
+        name = name or layer.name
+        self.inputs[name] = (self._pick(x), self._pick(mask))
+        if options:
+            self.options[name] = dict(options)
+        first = x[0] if isinstance(x, tuple) else x  # several inputs: the first one's shape
+        shape = tuple(np.shape(first)) if isinstance(first, np.ndarray) else (len(first),)
+        self.events.append(LayerStart(name, layer_class=type(layer).__name__, input_shape=shape))
 
-    def layer_end(self, layer, y, mask) -> None:
+    def layer_end(self, layer, y, mask, name=None) -> None:
+        name = name or layer.name
+        if isinstance(mask, tuple):
+            mask = next((m for m in mask if m is not None), None)
         if isinstance(y, tuple):
             shape, out = tuple(np.shape(y[0])), np.stack([v[self.sample] for v in y])
         else:
             shape, out = tuple(np.shape(y)), y[self.sample].copy()
-        self.events.append(LayerEnd(layer.name, layer_class=type(layer).__name__, output_shape=shape, output=out,
+        self.events.append(LayerEnd(name, layer_class=type(layer).__name__, output_shape=shape, output=out,
                                     mask=None if mask is None else np.asarray(mask[self.sample]).copy()))

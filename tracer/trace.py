@@ -10,7 +10,7 @@ from nntrace.tracer.events import Event, LayerEnd, LayerStart
 from nntrace.tracer.recorder import Recorder
 
 #: Layers whose fine-grained steps are recorded by default, in order of preference.
-FINE_DEFAULT = ("Conv2D", "LSTM", "SimpleRNN", "Bidirectional")
+FINE_DEFAULT = ("Conv2D", "Conv1D", "LSTM", "GRU", "SimpleRNN", "Bidirectional")
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Trace:
     model: Any = None                             # the scratch model (None when replayed from a file)
     inputs: dict = field(default_factory=dict)    # layer name → (one-sample input, mask)
     recorded_steps: dict[str, list[Event]] = field(default_factory=dict)  # from a file
+    options: dict = field(default_factory=dict)   # layer name → the call's options (use_causal_mask, …)
 
     def output(self, layer: str) -> np.ndarray:
         for e in self.events:
@@ -47,7 +48,7 @@ class Trace:
             raise KeyError(f"no fine-grained steps of '{layer}' in this trace; recorded: "
                            f"{', '.join(self.recorded_steps) or 'none'}")
         x, mask = self.inputs[layer]
-        return self.model.layer(layer).steps(x, mask, self.context, **filters)
+        return self.model.layer(layer).steps(x, mask, self.context, **self.options.get(layer, {}), **filters)
 
     def default_fine_layer(self) -> str | None:
         for cls in FINE_DEFAULT:
@@ -63,7 +64,10 @@ class Trace:
 
 def trace(model, x: Any, sample: int = 0, labels: list[str] | None = None) -> Trace:
     """Run `model` on sample `sample` of batch `x` with a Recorder; returns the Trace."""
-    one = x[sample:sample + 1] if not isinstance(x, str) else [x]
+    if isinstance(x, str):
+        one = [x]
+    else:  # a model with several inputs takes the sample of each
+        one = model.take(x, slice(sample, sample + 1)) if hasattr(model, "take") else x[sample:sample + 1]
     context: dict = {"labels": labels or model.meta.get("labels")}
     first = model.layers[0] if model.layers else None
     if first is not None and type(first).__name__ == "TextVectorization" and not (
@@ -73,5 +77,5 @@ def trace(model, x: Any, sample: int = 0, labels: list[str] | None = None) -> Tr
                        vocabulary_size=len(first.weights["vocabulary"]))
     with Recorder() as rec:
         model.forward(one, tracer=rec)
-    return Trace(model.name, [(l.name, type(l).__name__) for l in model.layers if l.name in rec.inputs],
-                 rec.events, context, model, rec.inputs)
+    return Trace(model.name, [(n.name, type(model.layer(n.layer)).__name__) for n in model.graph.nodes
+                              if n.name in rec.inputs], rec.events, context, model, rec.inputs, options=rec.options)

@@ -9,19 +9,20 @@ from nntrace.models import load_scratch
 
 def test_unsupported_layer_names_layer_class_and_supported_list():
     model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3, name="c"),
-                              keras.layers.LayerNormalization(name="ln"), keras.layers.Flatten(),
+                              keras.layers.GroupNormalization(2, name="gn"), keras.layers.Flatten(),
                               keras.layers.Dense(2)])
     with pytest.raises(UnsupportedLayerError) as info:
         load_scratch(model)
     msg = str(info.value)
-    assert "'ln'" in msg and "LayerNormalization" in msg and "Conv2D" in msg and "LSTM" in msg
-    assert info.value.layer_name == "ln" and info.value.class_name == "LayerNormalization"
+    assert "'gn'" in msg and "GroupNormalization" in msg and "Conv2D" in msg and "LSTM" in msg and "GRU" in msg
+    assert info.value.layer_name == "gn" and info.value.class_name == "GroupNormalization"
 
 
 def test_unsupported_setting_is_named():
-    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3, dilation_rate=2, name="dil"),
+    model = keras.Sequential([keras.Input((3, 8, 8)), keras.layers.Conv2D(2, 3, data_format="channels_first",
+                                                                          name="cf"),
                               keras.layers.Flatten(), keras.layers.Dense(2)])
-    with pytest.raises(UnsupportedLayerError, match="'dil'.*dilation_rate"):
+    with pytest.raises(UnsupportedLayerError, match="'cf'.*channels_last"):
         load_scratch(model)
 
 

@@ -41,3 +41,18 @@ def test_a_text_model_without_keras_beside_it(tmp_path, data_dir):
     scratch = load_scratch(path).predict(data.x_test)
     assert result.keras_f1 is None and result.agreement is None
     assert result.scratch_f1 == f1_score(data.y_test, scratch, average="macro")
+
+
+def test_the_evaluate_command_prints_both_scores(tmp_path, data_dir, capsys):
+    from nntrace import cli
+
+    model = tiny_cifar_cnn()
+    model.save(tmp_path / "m.keras")
+    path = load_scratch(model).save_weights(tmp_path / "m.npz")
+    assert cli.main(["evaluate", str(path), "--data", str(data_dir), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    data = load_cifar10(data_dir)
+    f1 = f1_score(data.y_test, model.predict(data.x_test, verbose=0).argmax(-1), average="macro")
+    assert f"scratch macro-F1 {f1:.4f}" in out and f"Keras   macro-F1 {f1:.4f}" in out
+    assert "agreement 100.00%" in out
+    assert cli.main(["evaluate", str(path), "--batch-size", "0"]) == 2

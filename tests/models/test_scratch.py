@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from nntrace.layers import ModelStructureError, WeightMismatchError
+from nntrace.layers import ModelStructureError, UnsupportedLayerError, WeightMismatchError
 from nntrace.models import CNNFromScratch, LSTMFromScratch, RNNFromScratch, load_scratch
 from tests.keras_models import small_cnn, small_text_model
 
@@ -104,13 +104,25 @@ def test_mismatched_weight_file_says_what_differs(tmp_path):
         load_scratch(tmp_path / "v.npz")
 
 
-def test_functional_model_that_is_not_a_chain_is_rejected():
+def test_functional_model_with_branches_runs_as_a_graph():
+    inputs = keras.Input((4,), name="x")
+    a = keras.layers.Dense(3, name="a")(inputs)
+    b = keras.layers.Dense(3, name="b")(inputs)
+    model = keras.Model(inputs, keras.layers.Add(name="sum")([a, b]))
+    scratch = load_scratch(model)
+    assert scratch.order == ["a", "b", "sum"]
+    assert scratch.inbound == {"a": ["x"], "b": ["x"], "sum": ["a", "b"]}
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    np.testing.assert_allclose(scratch.forward(x), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_models_nntrace_cannot_show_are_refused():
     inputs = keras.Input((4,))
     a = keras.layers.Dense(3)(inputs)
-    b = keras.layers.Dense(3)(inputs)
-    model = keras.Model(inputs, keras.layers.Add()([a, b]))
-    with pytest.raises(ModelStructureError, match="single chain"):
-        load_scratch(model)
+    with pytest.raises(ModelStructureError, match="2 outputs"):
+        load_scratch(keras.Model(inputs, [a, keras.layers.Dense(2)(inputs)]))
+    with pytest.raises(UnsupportedLayerError, match="keras.ops"):
+        load_scratch(keras.Model(inputs, keras.layers.Dense(2)(keras.ops.tanh(a))))
 
 
 def test_dropout_trains_with_a_seeded_rng():

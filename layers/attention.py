@@ -1,0 +1,290 @@
+"""Attention (dot-product or additive, one head) and MultiHeadAttention, with Keras's masks.
+
+Shapes: query `(batch, T, dim)`, value and key `(batch, S, dim)`; masks `(batch, T)` / `(batch, S)`
+bools; an attention mask `(batch, T, S)` says which keys each query may read.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+
+from nntrace.layers import activations
+from nntrace.layers.base import Layer, as_float32
+from nntrace.layers.errors import InputShapeError
+
+#: What TensorFlow's dot_product_attention puts in place of a masked score (−0.7 × float32 max).
+TF_LARGE_NEGATIVE = np.float32(-0.7 * 3.38953e38)
+#: What Keras's Softmax layer and Attention layer use for a masked score.
+KERAS_LARGE_NEGATIVE = np.float32(1e9)
+
+
+def causal_mask(t: int, s: int) -> np.ndarray:
+    """`(1, T, S)`: query i may read keys 0…i."""
+    return (np.arange(t)[:, None] >= np.arange(s)[None, :])[None]
+
+
+def softmax_last(x: np.ndarray) -> np.ndarray:
+    return activations.softmax(x, axis=-1)
+
+
+class Attention(Layer):
+    """Keras's `Attention`: each query reads the values through a softmax of its scores with the keys.
+
+    Inputs: `[query (batch, T, dim), value (batch, S, dim)]` or `[query, value, key]` (the key is
+    the value when not given). Scores: `dot` — query·key (times the `scale` weight with
+    `use_scale`); `concat` — `concat_score_weight · Σ tanh(scale·(query + key))`. A masked value
+    (or, with `use_causal_mask`, a later key) has 1e9 subtracted from its score; a masked query's
+    output is 0. The output mask is the query's.
+
+    Weights: scale `()` (with `use_scale`), concat_score_weight `()` (with `score_mode='concat'`).
+    """
+
+    config_keys = ("use_scale", "score_mode", "dropout")
+    defaults = {"use_scale": False, "score_mode": "dot", "dropout": 0.0}
+    supports_masking = True
+    call_options = ("use_causal_mask",)
+
+    def check_config(self, config):
+        super().check_config(config)
+        if config.get("score_mode", "dot") not in ("dot", "concat"):
+            self.unsupported(f"score_mode '{config.get('score_mode')}' is not supported (dot, concat)")
+
+    def weight_shapes(self):
+        shapes = {}
+        if self.config.get("use_scale", False):
+            shapes["scale"] = ()
+        if self.config.get("score_mode", "dot") == "concat":
+            shapes["concat_score_weight"] = ()
+        return shapes
+
+    def unpack(self, x, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, Any]:
+        """(query, value, key, query mask, value mask), checked."""
+        if not isinstance(x, (tuple, list)) or len(x) not in (2, 3):
+            raise InputShapeError(self.name, "Attention", "[query, value] or [query, value, key]",
+                                  type(x).__name__ if not isinstance(x, (tuple, list)) else f"{len(x)} inputs")
+        q, v = as_float32(x[0]), as_float32(x[1])
+        k = as_float32(x[2]) if len(x) > 2 else v
+        if q.ndim != 3 or v.ndim != 3 or k.shape[:2] != v.shape[:2] or q.shape[-1] != k.shape[-1] \
+                or q.shape[0] != v.shape[0]:
+            raise InputShapeError(self.name, "Attention", "query (batch, T, dim), value and key (batch, S, dim)",
+                                  f"shapes {q.shape}, {v.shape}, {k.shape}")
+        masks = list(mask) if mask is not None else []
+        q_mask = masks[0] if len(masks) > 0 else None
+        v_mask = masks[1] if len(masks) > 1 else None
+        return q, v, k, q_mask, v_mask
+
+    def parts(self, x, mask, use_causal_mask: bool = False) -> dict[str, Any]:
+        """Every stage for the batch: scores `(batch, T, S)` before and after scaling, the allowed
+        keys, the softmax input and weights, the output `(batch, T, dim_v)`."""
+        q, v, k, q_mask, v_mask = self.unpack(x, mask)
+        scale = self.weights.get("scale")
+        if self.config.get("score_mode", "dot") == "dot":
+            scores = q @ np.swapaxes(k, -2, -1)
+            factor, inner = (1.0, 1.0) if scale is None else (float(scale), 1.0)
+            scaled = scores if scale is None else scores * scale
+        else:
+            factor, inner = float(self.weights["concat_score_weight"]), 1.0 if scale is None else float(scale)
+            summed = q[:, :, None, :] + k[:, None, :, :]
+            scores = np.tanh(summed if scale is None else scale * summed).sum(-1, dtype=np.float32)
+            scaled = self.weights["concat_score_weight"] * scores
+        allowed = None
+        if v_mask is not None:
+            allowed = np.asarray(v_mask, bool)[:, None, :]
+        if use_causal_mask:
+            causal = causal_mask(q.shape[1], k.shape[1])
+            allowed = causal if allowed is None else allowed & causal
+        logits = scaled if allowed is None else np.where(allowed, scaled, scaled - KERAS_LARGE_NEGATIVE)
+        weights = softmax_last(logits)
+        out = weights @ v
+        if q_mask is not None:
+            out = np.where(np.asarray(q_mask, bool)[:, :, None], out, np.float32(0))
+        return {"q": q, "k": k, "v": v, "scores": scores, "factor": factor, "inner": inner, "scaled": scaled,
+                "allowed": None if allowed is None else np.broadcast_to(allowed, scores.shape),
+                "logits": logits, "weights": weights, "output": out, "q_mask": q_mask}
+
+    def call(self, x, mask, training, use_causal_mask=False):
+        return self.parts(x, mask, bool(use_causal_mask))["output"]
+
+    def compute_mask(self, x, mask):
+        if mask is None or mask[0] is None:
+            return None
+        return np.asarray(mask[0], bool)
+
+    def steps(self, x, mask=None, context=None, queries=None, use_causal_mask=False):
+        """One `AttentionStep` per query position of the sample (head 0)."""
+        from nntrace.tracer.events import AttentionStep
+
+        p = self.parts(x, mask, bool(use_causal_mask))
+        for t in range(p["q"].shape[1]) if queries is None else queries:
+            yield AttentionStep(self.name, head=0, query=t, q=p["q"][0, t], keys=p["k"][0], scores=p["scores"][0, t],
+                                scale=p["factor"], scaled=p["scaled"][0, t],
+                                mask=None if p["allowed"] is None else p["allowed"][0, t].copy(),
+                                logits=p["logits"][0, t], weights=p["weights"][0, t], values=p["v"][0],
+                                output=p["output"][0, t], score_mode=self.config.get("score_mode", "dot"),
+                                inner_scale=p["inner"],
+                                query_masked=p["q_mask"] is not None and not bool(np.asarray(p["q_mask"])[0, t]))
+
+
+class MultiHeadAttention(Layer):
+    """Keras's `MultiHeadAttention` over one sequence axis: per head, `query·W_q` against `key·W_k`
+    (scores scaled by 1/√key_dim), a softmax over the allowed keys, the weighted sum of `value·W_v`;
+    the heads' outputs (times a sigmoid gate with `use_gate`) go through the output projection.
+
+    Inputs (`input_names`): query `(batch, T, dim_q)`, value `(batch, S, dim_v)`, key (default the
+    value), attention_mask `(batch, T, S)`. The allowed keys are the AND of the attention mask, the
+    query's mask, the value's and key's masks, the causal mask (`use_causal_mask`) and the sliding
+    window. Keras computes it through TensorFlow's dot_product_attention (a fully masked query row
+    reads every key equally) unless `dropout` > 0, when its Softmax layer gives such a row zero
+    weights. The output mask is the query's.
+
+    Weights: query_kernel `(dim_q, heads, key_dim)`, query_bias `(heads, key_dim)`, key_kernel,
+    key_bias, [gate_kernel `(dim_q, heads, value_dim)`, gate_bias], value_kernel `(dim_v, heads,
+    value_dim)`, value_bias, output_kernel `(heads, value_dim, *output_shape)`, output_bias
+    `(*output_shape)` — biases only with `use_bias`.
+    """
+
+    config_keys = ("num_heads", "key_dim", "value_dim", "dropout", "use_bias", "output_shape", "attention_axes",
+                   "use_gate", "sliding_window")
+    defaults = {"value_dim": None, "dropout": 0.0, "use_bias": True, "output_shape": None, "attention_axes": None,
+                "use_gate": False, "sliding_window": None}
+    supports_masking = True
+    input_names = ("query", "value", "key", "attention_mask")
+    call_options = ("use_causal_mask",)
+    #: Keras's call removes the masks of the query, value and key tensors it was given.
+    clears_input_masks = ("query", "value", "key")
+
+    def check_config(self, config):
+        super().check_config(config)
+        axes = config.get("attention_axes")
+        if axes is not None and list(axes if isinstance(axes, (list, tuple)) else [axes]) not in ([1], [-2]):
+            self.unsupported(f"attention_axes {axes} is not supported (attention over the sequence axis, 1)")
+
+    @property
+    def heads(self) -> int:
+        return int(self.config["num_heads"])
+
+    @property
+    def key_dim(self) -> int:
+        return int(self.config["key_dim"])
+
+    @property
+    def value_dim(self) -> int:
+        return int(self.config.get("value_dim") or self.config["key_dim"])
+
+    def weight_shapes(self):
+        n, kd, vd, bias = self.heads, self.key_dim, self.value_dim, self.config.get("use_bias", True)
+        out = self.config.get("output_shape")
+        out = None if out is None else ((int(out),) if isinstance(out, int) else tuple(int(o) for o in out))
+        shapes = {}
+        for name, width in (("query", kd), ("key", kd)) + ((("gate", vd),) if self.config.get("use_gate") else ()) \
+                + (("value", vd),):
+            shapes[f"{name}_kernel"] = (None, n, width)
+            if bias:
+                shapes[f"{name}_bias"] = (n, width)
+        shapes["output_kernel"] = (n, vd) + (out or (None,))
+        if bias:
+            shapes["output_bias"] = out or (None,)
+        return shapes
+
+    def project(self, x: np.ndarray, name: str) -> np.ndarray:
+        """`(batch, L, dim)` → `(batch, L, heads, width)`."""
+        kernel = self.weights[f"{name}_kernel"]
+        y = (x @ kernel.reshape(kernel.shape[0], -1)).reshape(x.shape[:2] + kernel.shape[1:])
+        if f"{name}_bias" in self.weights:
+            y = y + self.weights[f"{name}_bias"]
+        return y
+
+    def unpack(self, x) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        if not isinstance(x, (tuple, list)) or len(x) < 2 or x[0] is None or x[1] is None:
+            raise InputShapeError(self.name, "MultiHeadAttention", "query and value (and key, attention_mask)",
+                                  type(x).__name__)
+        q, v = as_float32(x[0]), as_float32(x[1])
+        k = as_float32(x[2]) if len(x) > 2 and x[2] is not None else v
+        given = x[3] if len(x) > 3 else None
+        dq, dk, dv = (self.weights[f"{n}_kernel"].shape[0] for n in ("query", "key", "value"))
+        if q.ndim != 3 or v.ndim != 3 or k.ndim != 3 or q.shape[-1] != dq or k.shape[-1] != dk \
+                or v.shape[-1] != dv or k.shape[:2] != v.shape[:2] or q.shape[0] != v.shape[0]:
+            raise InputShapeError(self.name, "MultiHeadAttention",
+                                  f"query (batch, T, {dq}), value (batch, S, {dv}), key (batch, S, {dk})",
+                                  f"shapes {q.shape}, {v.shape}, {k.shape}")
+        return q, v, k, given
+
+    def allowed(self, x, mask, use_causal_mask: bool) -> np.ndarray | None:
+        """The keys each query may read, `(batch or 1, T, S)`, or None when every one."""
+        q, v, k, given = self.unpack(x)
+        masks = list(mask) if mask is not None else []
+        masks += [None] * (3 - len(masks))
+        t, s = q.shape[1], v.shape[1]
+        parts = []
+        if masks[0] is not None:
+            parts.append(np.asarray(masks[0], bool)[:, :, None])
+        for m in masks[1:3]:
+            if m is not None:
+                parts.append(np.asarray(m, bool)[:, None, :])
+        if use_causal_mask:
+            parts.append(causal_mask(t, s))
+        window = self.config.get("sliding_window")
+        if window is not None:
+            parts.append((np.abs(np.arange(t)[:, None] - np.arange(s)[None, :]) < int(window))[None])
+        if given is not None:
+            parts.insert(0, np.asarray(given).astype(bool))
+        if not parts:
+            return None
+        out = parts[0]
+        for p in parts[1:]:
+            out = out & p
+        return out
+
+    def parts(self, x, mask, use_causal_mask: bool = False) -> dict[str, Any]:
+        """Every stage for the batch, heads on axis 1: projections, scores `(batch, heads, T, S)`
+        before and after scaling, the softmax input and weights, each head's output, the output."""
+        q, v, k, _ = self.unpack(x)
+        allowed = self.allowed(x, mask, use_causal_mask)
+        qp, kp, vp = self.project(q, "query"), self.project(k, "key"), self.project(v, "value")
+        scale = np.float32(1.0 / np.sqrt(float(self.key_dim)))
+        scores = np.einsum("btnh,bsnh->bnts", qp, kp)
+        scaled = scores * scale
+        full = None if allowed is None else np.broadcast_to(allowed[:, None], scaled.shape)
+        if float(self.config.get("dropout", 0.0)) > 0:  # Keras's own path: its Softmax layer
+            logits = scaled if full is None else np.where(full, scaled, -KERAS_LARGE_NEGATIVE)
+            weights = softmax_last(logits)
+            if full is not None:
+                weights = np.where(full, weights, np.float32(0))
+        else:  # TensorFlow's dot_product_attention
+            logits = scaled if full is None else np.where(full, scaled, TF_LARGE_NEGATIVE)
+            weights = softmax_last(logits)
+        heads = np.einsum("bnts,bsnh->btnh", weights, vp)
+        gated = heads
+        if "gate_kernel" in self.weights:
+            gated = heads * activations.sigmoid(self.project(q, "gate"))
+        kernel = self.weights["output_kernel"]
+        out = gated.reshape(q.shape[:2] + (-1,)) @ kernel.reshape(self.heads * self.value_dim, -1)
+        out = out.reshape(q.shape[:2] + kernel.shape[2:])
+        if "output_bias" in self.weights:
+            out = out + self.weights["output_bias"]
+        return {"q": qp, "k": kp, "v": vp, "scores": scores, "scale": float(scale), "scaled": scaled, "allowed": full,
+                "logits": logits, "weights": weights, "heads": heads, "output": out}
+
+    def call(self, x, mask, training, use_causal_mask=False):
+        return self.parts(x, mask, bool(use_causal_mask))["output"]
+
+    def compute_mask(self, x, mask):
+        if mask is None or mask[0] is None:
+            return None
+        return np.asarray(mask[0], bool)
+
+    def steps(self, x, mask=None, context=None, heads=None, queries=None,
+              use_causal_mask=False) -> Iterator[Any]:
+        """One `AttentionStep` per (head, query position) of the sample, head-major; `heads` and
+        `queries` keep those indices. Each step's output is its head's, before the output projection."""
+        from nntrace.tracer.events import AttentionStep
+
+        p = self.parts(x, mask, bool(use_causal_mask))
+        for n in range(self.heads) if heads is None else heads:
+            for t in range(p["q"].shape[1]) if queries is None else queries:
+                yield AttentionStep(self.name, head=n, query=t, q=p["q"][0, t, n], keys=p["k"][0, :, n],
+                                    scores=p["scores"][0, n, t], scale=p["scale"], scaled=p["scaled"][0, n, t],
+                                    mask=None if p["allowed"] is None else p["allowed"][0, n, t].copy(),
+                                    logits=p["logits"][0, n, t], weights=p["weights"][0, n, t],
+                                    values=p["v"][0, :, n], output=p["heads"][0, t, n])

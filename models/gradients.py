@@ -1,0 +1,389 @@
+"""The backward pass of a scratch model: loss, gradients, one optimizer step.
+
+The loss is Keras's `SparseCategoricalCrossentropy` (mean over the labels) of the inference-mode
+output. A model whose last layer ends in a softmax gives probabilities (`from_logits=False`); as
+Keras does, the loss is then computed from the logits behind that softmax, so the gradient of the
+logits is exactly `(p − onehot) / n`. Any other last layer gives logits (`from_logits=True`).
+Gradients are those of the inference forward pass: Dropout is the identity, BatchNormalization
+uses its moving statistics.
+
+    g = model.gradients(x, y)          # y: class ids (batch,)
+    g.loss, g.weights["conv2d_1/kernel"], g.inputs, g.outputs["conv2d_1"]
+    model.apply_gradients(g, optimizer="adam")
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from nntrace.layers import Layer, Softmax
+from nntrace.layers.activations import activation_name
+from nntrace.layers.conv import Conv2D
+from nntrace.layers.core import Dense
+from nntrace.layers.errors import InputShapeError, NNTraceError
+from nntrace.models import optimizers
+from nntrace.models.graph import Graph, Node, Ref, run
+from nntrace.models.variables import trainable_variables
+from nntrace.tracer.recorder import NULL_TRACER
+
+
+@dataclass
+class Gradients:
+    """One backward pass over a batch.
+
+    Attributes:
+        loss: the mean sparse categorical cross-entropy of the batch.
+        weights: Keras variable path → dL/d(variable), for every trainable variable.
+        inputs: dL/dx for the model input (raw, before Rescaling), or None for token ids / strings.
+        outputs: layer name → dL/d(layer output) for the batch (None where the output is token ids).
+            For a last layer ending in a softmax this is dL/dp = −onehot / (n·p).
+        from_logits: whether the model's output was taken as logits.
+        layer_weights: layer name → scratch weight name → gradient, for every weight a gradient
+            reached (a frozen layer's too), summed over a shared layer's calls.
+    """
+
+    loss: float
+    weights: dict[str, np.ndarray]
+    inputs: np.ndarray | None
+    outputs: dict[str, Any]
+    from_logits: bool = False
+    layer_weights: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        return f"Gradients(loss={self.loss:.6g}, {len(self.weights)} variables, {len(self.outputs)} layers)"
+
+
+@dataclass
+class Record:
+    """One node's forward pass (one layer call), kept for its backward."""
+
+    node: Node
+    layer: Layer
+    x: Any
+    mask: Any
+    y: Any
+    cache: Any
+    y_mask: Any = None  # the mask the output carries on
+
+
+class TrainStep(NamedTuple):
+    """The loss of the batch before and after one optimizer step."""
+
+    loss_before: float
+    loss_after: float
+
+
+# -- the forward pass kept for the backward -------------------------------------------------------
+@dataclass
+class Forward:
+    """A model's inference forward pass over its graph, every call kept."""
+
+    graph: Graph
+    inputs: dict[str, Any]        # model input name → array
+    given: dict[str, Any]         # node name → output given in advance (token ids for a tokenizer)
+    records: list[Record]         # the calls that ran, in order
+
+    def record(self, name: str) -> Record | None:
+        """The call named `name`, if it ran."""
+        return next((rec for rec in self.records if rec.node.name == name), None)
+
+    @property
+    def output_ref(self) -> Ref:
+        """The model's output tensor; "all outputs" (index −1) of a call with one output is that output."""
+        ref = self.graph.output
+        rec = self.record(ref.node)
+        if ref.index < 0 and (rec is None or not isinstance(rec.y, tuple)):
+            return Ref(ref.node, 0)
+        return ref
+
+    @staticmethod
+    def pick(value: Any, index: int) -> Any:
+        return value[index] if isinstance(value, tuple) and index >= 0 else value
+
+    @property
+    def output(self) -> Any:
+        """The model's output (a pair for a Bidirectional layer with merge_mode=None)."""
+        ref = self.output_ref
+        rec = self.record(ref.node)
+        return self.pick(rec.y, ref.index) if rec else {**self.inputs, **self.given}[ref.node]
+
+    @property
+    def output_mask(self) -> np.ndarray | None:
+        """The mask the model's output carries (a sequence output of masked steps), or None."""
+        ref = self.output_ref
+        rec = self.record(ref.node)
+        return self.pick(rec.y_mask, ref.index) if rec else None
+
+    def head(self) -> Record | None:
+        """The call that makes the model's output, when it is that call's only output."""
+        rec = self.record(self.output_ref.node)
+        return rec if rec is not None and not isinstance(rec.y, tuple) else None
+
+
+class Recording:
+    """A layer as `graph.run` sees it, whose forward calls go through `forward_with_cache` and are
+    kept for the backward; everything else is the layer's own."""
+
+    def __init__(self, layer: Layer, keep: bool) -> None:
+        self.layer, self.keep = layer, keep
+        self.last: tuple = ()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.layer, name)
+
+    def forward(self, x: Any, mask: Any = None, training: bool = False, **options: Any) -> Any:
+        if options:
+            self.layer.unsupported(f"is called with {', '.join(options)}; its backward pass is not supported")
+        y, cache = self.layer.forward_with_cache(x, mask) if self.keep else (self.layer.forward(x, mask=mask), None)
+        self.last = (x, mask, y, cache)
+        return y
+
+
+def forward_pass(model: Any, x: Any, keep: bool = True) -> Forward:
+    """Run the model's graph in inference mode (as `ScratchModel.forward`, the same masks), keeping
+    every call's inputs, mask, output and — when `keep` — what its backward reuses."""
+    inputs, given = model.prepare(x)
+    graph = model.graph
+    layers = {layer.name: Recording(layer, keep) for layer in model.layers}
+    records = []
+    for node, layer, _, y_mask in run(graph, layers, inputs, False, NULL_TRACER, given):
+        x_in, mask, y, cache = layer.last
+        records.append(Record(node, layer.layer, x_in, mask, y, cache, y_mask))
+    return Forward(graph, inputs, given, records)
+
+
+# -- the loss -------------------------------------------------------------------------------------
+def ends_in_softmax(layer: Layer, y: np.ndarray) -> bool:
+    """Whether the layer's output `y` is a softmax over its last axis (the model gives probabilities)."""
+    if isinstance(layer, Softmax):
+        return layer.config.get("axis", -1) in (-1, [-1], y.ndim - 1)
+    return hasattr(layer, "backward_pre_activation") and activation_name(layer.config.get("activation")) == "softmax"
+
+
+def logits_of(layer: Layer, x: Any, y: np.ndarray) -> np.ndarray:
+    """What the loss reads as logits: the input of a final softmax, else the output itself."""
+    if not ends_in_softmax(layer, y):
+        return y
+    if isinstance(layer, Dense):
+        return layer.pre_activation(x)
+    if isinstance(layer, Conv2D):
+        return layer.convolve(x, activate=False)
+    return np.asarray(x, np.float32)  # Activation('softmax'), Softmax
+
+
+def check_labels(y: Any, output: Any, layer: Layer) -> np.ndarray:
+    """Class ids shaped like the output without its last axis (`(batch,)` for `(batch, classes)`)."""
+    if isinstance(output, tuple):
+        raise NNTraceError(f"layer '{layer.name}' gives a pair of outputs (merge_mode=None); the loss needs "
+                           "one output of class scores")
+    labels = np.asarray(y)
+    if labels.ndim == output.ndim and labels.shape[-1:] == (1,):
+        labels = labels[..., 0]
+    if labels.dtype.kind not in "iuf" or labels.shape != output.shape[:-1]:
+        raise InputShapeError(layer.name, type(layer).__name__,
+                              f"class ids of shape {output.shape[:-1]} for an output of shape {output.shape}",
+                              f"{labels.dtype} labels of shape {labels.shape}")
+    ids = labels.astype(np.int64)
+    classes = output.shape[-1]
+    if not np.array_equal(ids, labels) or (ids.size and (ids.min() < 0 or ids.max() >= classes)):
+        raise InputShapeError(layer.name, type(layer).__name__, f"class ids in [0, {classes})",
+                              f"labels from {labels.min()} to {labels.max()}")
+    return ids
+
+
+def cross_entropy(logits: np.ndarray, labels: np.ndarray,
+                  mask: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """Sparse softmax cross-entropy as TensorFlow's fused kernel computes it, in float32, reduced as
+    Keras's loss does ("sum_over_batch_size").
+
+    Args:
+        logits: `(..., classes)`; labels: class ids `(...)`; mask: `(...)` bools, the mask the
+            output carries (Keras weights the valid entries by total / valid, the others by 0).
+    Returns:
+        (the loss, dL/d(logits) = (softmax(logits) − onehot) · weight / n shaped like `logits`,
+        the per-entry weights `(n,)` or None without a mask).
+    """
+    z = np.asarray(logits, np.float32).reshape(-1, logits.shape[-1])
+    ids = labels.reshape(-1)
+    rows = np.arange(len(ids))
+    shifted = z - z.max(axis=-1, keepdims=True)
+    exps = np.exp(shifted)
+    sum_exps = exps.sum(axis=-1, dtype=np.float32)
+    per_label = np.log(sum_exps) - shifted[rows, ids]
+    n = np.float32(len(ids))
+    weights = None
+    if mask is not None:
+        valid = np.broadcast_to(np.asarray(mask, bool), labels.shape).reshape(-1)
+        count = np.float32(valid.sum())
+        weights = np.where(valid, n / count if count else np.float32(0), np.float32(0)).astype(np.float32)
+        per_label = per_label * weights
+    loss = float(np.sum(per_label, dtype=np.float32) / n)
+    d_logits = exps / sum_exps[:, None]
+    d_logits[rows, ids] -= 1
+    d_logits *= (np.float32(1) / n) if weights is None else (np.float32(1) / n * weights)[:, None]
+    return loss, d_logits.reshape(logits.shape), weights
+
+
+def probability_gradient(p: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """dL/dp = −onehot · weight / (n·p) for the mean of −log p[label] (zero off the labels)."""
+    flat = np.asarray(p, np.float64).reshape(-1, p.shape[-1])
+    ids = labels.reshape(-1)
+    rows = np.arange(len(ids))
+    d_p = np.zeros(flat.shape, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d_p[rows, ids] = -(1.0 if weights is None else weights) / (len(ids) * flat[rows, ids])
+    return np.nan_to_num(d_p).astype(np.float32).reshape(p.shape)
+
+
+def loss(model: Any, x: Any, y: Any) -> float:
+    """The mean sparse categorical cross-entropy of the inference output (no backward pass)."""
+    fwd = forward_pass(model, x, keep=False)
+    out, head = fwd.output, fwd.head()
+    labels = check_labels(y, out, head.layer if head else model.layers[-1])
+    return cross_entropy(logits_of(head.layer, head.x, out) if head else out, labels, fwd.output_mask)[0]
+
+
+# -- the backward pass ----------------------------------------------------------------------------
+def gradients(model: Any, x: Any, y: Any) -> Gradients:
+    """The loss of batch `x` with class ids `y` and its gradients (see `Gradients`).
+
+    The graph runs forward in topological order and backward in reverse; where a tensor feeds
+    several calls their gradients add up, and a layer called several times sums its weight
+    gradients.
+
+    Args:
+        x: the model input, as `forward` takes it: images `(batch, h, w, c)`, token ids
+            `(batch, seq_len)` or strings `(batch,)` (a list or dict of arrays for several inputs).
+        y: class ids `(batch,)` (or shaped like the output without its class axis).
+    """
+    fwd = forward_pass(model, x)
+    out, head = fwd.output, fwd.head()
+    labels = check_labels(y, out, head.layer if head else model.layers[-1])
+    readers = [r for rec in fwd.records for r in rec.node.refs]
+    # A final softmax read by nothing else: start from the logits' gradient, as Keras's loss does.
+    probabilities = head is not None and ends_in_softmax(head.layer, out)
+    fused = probabilities and all(r.node != head.node.name for r in readers)
+    loss_value, d_logits, weights = cross_entropy(logits_of(head.layer, head.x, out) if probabilities else out,
+                                                  labels, fwd.output_mask)
+    flow = Flow()
+    flow.add(fwd.output_ref, probability_gradient(out, labels, weights) if probabilities else d_logits)
+    outputs: dict[str, Any] = {name: None for name in fwd.given}
+    layer_weights: dict[str, dict[str, np.ndarray]] = {}
+    for rec in reversed(fwd.records):
+        dy = flow.gradient(rec.node.name, rec.y)
+        outputs[rec.node.name] = dy
+        if dy is None:
+            continue
+        if fused and rec is head:
+            dx, grads = rec.layer.backward_pre_activation(d_logits, rec.x)
+        else:
+            dx, grads = rec.layer.backward(dy, rec.x, rec.mask, rec.y, rec.cache)
+        flow.send(rec.node, rec.layer, dx)
+        summed = layer_weights.setdefault(rec.layer.name, {})
+        for name, grad in grads.items():
+            summed[name] = grad if name not in summed else summed[name] + grad
+    d_inputs = [flow.gradient(name, value) for name, value in fwd.inputs.items()]
+    order = [n.name for n in fwd.graph.nodes if n.name in outputs]
+    return Gradients(loss=loss_value, weights=keras_gradients(model, layer_weights),
+                     inputs=d_inputs[0] if len(d_inputs) == 1 else d_inputs,
+                     outputs={name: outputs[name] for name in order},
+                     from_logits=not probabilities, layer_weights=layer_weights)
+
+
+class Flow:
+    """Gradients on their way back through the graph: dL/d(tensor) summed over its readers."""
+
+    def __init__(self) -> None:
+        self.sums: dict[tuple[str, int], np.ndarray] = {}
+
+    def add(self, ref: Ref, grad: np.ndarray | None) -> None:
+        if grad is None:
+            return
+        key = (ref.node, ref.index)
+        self.sums[key] = grad if key not in self.sums else self.sums[key] + grad
+
+    def gradient(self, name: str, value: Any) -> Any:
+        """dL/d(output of `name`) shaped like `value` (a tuple for several outputs; None if none)."""
+        if isinstance(value, tuple):
+            if not any((name, i) in self.sums for i in range(len(value))):
+                return None
+            return tuple(self.sums.get((name, i), np.zeros(np.shape(v), np.float32)) for i, v in enumerate(value))
+        return self.sums.get((name, 0))
+
+    def send(self, node: Node, layer: Layer, dx: Any) -> None:
+        """Hand a call's input gradient to the tensors it read (as `bind` handed them over)."""
+        names = getattr(layer, "input_names", ())
+        if names:
+            given = dict(zip(names, node.args))
+            given.update({k: v for k, v in node.kwargs.items() if k in names})
+            for name, d in zip(names, dx):
+                self.send_arg(given.get(name), d)
+            return
+        self.send_arg(node.args[0], dx)
+
+    def send_arg(self, arg: Any, dx: Any) -> None:
+        if isinstance(arg, Ref):
+            self.add(arg, dx)
+        elif isinstance(arg, list) and dx is not None:
+            for ref, d in zip(arg, dx):
+                self.send_arg(ref, d)
+
+
+def keras_gradients(model: Any, layer_weights: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Keras variable path → gradient for every trainable variable (zeros where none flowed)."""
+    out: dict[str, np.ndarray] = {}
+    for v in trainable_variables(model):
+        if v.path in out:
+            raise NNTraceError(f"model '{model.name}': two trainable variables share the Keras path '{v.path}'")
+        grad = layer_weights.get(v.layer, {}).get(v.weight)
+        if grad is None:
+            grad = np.zeros(model.layer(v.layer).weights[v.weight].shape, np.float32)
+        out[v.path] = grad
+    return out
+
+
+# -- the optimizer step ---------------------------------------------------------------------------
+def apply_gradients(model: Any, g: Gradients | dict[str, np.ndarray], optimizer: str = "sgd",
+                    learning_rate: float | None = None, **hyper: Any) -> None:
+    """Update the model's trainable weights in place as one Keras `optimizer.apply_gradients` does.
+
+    Args:
+        g: a `Gradients` (or `{Keras variable path: gradient}`).
+        optimizer: "sgd" (`momentum`, `nesterov`) or "adam" (`beta_1`, `beta_2`, `epsilon`); Keras's
+            defaults for whatever is not given (learning rate 0.01 for SGD, 0.001 for Adam).
+    The optimizer's state (momenta, Adam's moments and step count) stays on the model, so the next
+    call with the same optimizer continues it; another optimizer starts afresh.
+    """
+    settings = optimizers.settings(optimizer, learning_rate=learning_rate, **hyper)
+    state = model.optimizer_state
+    if state is None or state.name != optimizer:
+        state = model.optimizer_state = optimizers.OptimizerState(optimizer)
+    grads = g.weights if isinstance(g, Gradients) else g
+    by_path = {v.path: v for v in trainable_variables(model)}
+    unknown = sorted(set(grads) - set(by_path))
+    if unknown:
+        raise NNTraceError(f"model '{model.name}' has no trainable variable {', '.join(unknown)}")
+    new: dict[str, dict[str, np.ndarray]] = {}
+    for path, grad in grads.items():
+        v = by_path[path]
+        layer = model.layer(v.layer)
+        current = layer.weights[v.weight]
+        if np.shape(grad) != current.shape:
+            raise NNTraceError(f"gradient for '{path}' has shape {np.shape(grad)}, the variable {current.shape}")
+        new.setdefault(v.layer, {})[v.weight] = optimizers.update(optimizer, current, grad, v.key, state,
+                                                                 **settings)
+    for name, updated in new.items():
+        layer = model.layer(name)
+        layer.set_weights([updated.get(w, a) for w, a in zip(layer.weight_shapes(), layer.get_weights())])
+    state.iterations += 1
+
+
+def train_step(model: Any, x: Any, y: Any, optimizer: str = "sgd", learning_rate: float | None = None,
+               **hyper: Any) -> TrainStep:
+    """Gradients of the batch, one optimizer step (see `apply_gradients`), and the loss before and
+    after it."""
+    g = gradients(model, x, y)
+    apply_gradients(model, g, optimizer=optimizer, learning_rate=learning_rate, **hyper)
+    return TrainStep(g.loss, loss(model, x, y))

@@ -1,0 +1,156 @@
+"""Helpers for gradient parity tests: TensorFlow's gradients of the same loss beside the scratch
+backward pass, compared per variable, per layer output and for the input."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nntrace.models import load_scratch
+
+#: max |g − g_tf| / max |g_tf| for every gradient; relative error of the loss.
+REL, LOSS_REL = 1e-4, 1e-6
+
+
+def keras_gradients(model, x: Any, y: np.ndarray) -> dict[str, Any]:
+    """TensorFlow's loss and gradients for `model` on `x` with class ids `y`, inference mode.
+
+    Returns `{"loss", "weights": {path: grad}, "inputs": dL/dx or None, "outputs": {node name:
+    dL/d(output) or None}, "probabilities": the model output}`; every layer call's output is
+    recorded while the model runs under the tape (as `models.keras_probe` does), so its gradient
+    is the one flowing through the real model.
+    """
+    import keras
+    import tensorflow as tf
+
+    from nntrace.models.convert import keras_graph
+    from nntrace.models.keras_probe import keras_tensor_of
+
+    graph = keras_graph(model)
+    layers = {id(k.klayer): k.klayer for k in graph.nodes}
+    calls: dict[int, list] = {}
+
+    def recording(klayer):
+        call = klayer.call
+
+        def record(*args, **kwargs):
+            out = call(*args, **kwargs)
+            calls.setdefault(id(klayer), []).append(out)
+            return out
+        return record
+
+    given = keras_tensor_of(x)
+    float_input = np.asarray(x).dtype.kind == "f"
+    own = {key: vars(klayer).get("call") for key, klayer in layers.items()}
+    try:
+        for klayer in layers.values():
+            klayer.call = recording(klayer)
+        with tf.GradientTape(persistent=True) as tape:
+            if float_input:
+                tape.watch(given)
+            p = model(given, training=False)
+            # probabilities when the output comes straight from a softmax, else logits
+            from_logits = not hasattr(p, "_keras_logits")
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)(y, p)
+    finally:
+        for key, klayer in layers.items():
+            if own[key] is None:
+                del klayer.call  # back to the class's own method
+            else:
+                klayer.call = own[key]
+    variables = model.trainable_variables
+    grads = tape.gradient(loss, variables)
+    outputs = {}
+    for knode in graph.nodes:
+        node = knode.node
+        k = int(node.name[len(node.layer) + 1:]) if node.name != node.layer else 0
+        out = calls[id(knode.klayer)][k]
+        g = tape.gradient(loss, list(out) if isinstance(out, (list, tuple)) else out)
+        outputs[node.name] = dense(g)
+    mask = keras.src.backend.get_keras_mask(p)
+    return {"loss": float(loss), "weights": {v.path: dense(g) for v, g in zip(variables, grads)},
+            "inputs": dense(tape.gradient(loss, given)) if float_input else None, "outputs": outputs,
+            "probabilities": np.asarray(p), "mask": None if mask is None else np.asarray(mask),
+            "logits": np.asarray(p if from_logits else p._keras_logits)}
+
+
+def dense(g: Any) -> Any:
+    """A TensorFlow gradient as a NumPy array (IndexedSlices summed), a tuple of them, or None."""
+    import tensorflow as tf
+
+    if g is None:
+        return None
+    if isinstance(g, (list, tuple)):
+        return tuple(dense(v) for v in g)
+    return np.asarray(tf.convert_to_tensor(g))
+
+
+def rel_error(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got − want| / max |want| (an absolute error when `want` is all zeros)."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"shape {got.shape} != {want.shape}"
+    scale = np.abs(want).max(initial=0.0)
+    return float(np.abs(got - want).max(initial=0.0) / (scale if scale > 0 else 1.0))
+
+
+def assert_close(got: Any, want: Any, what: str) -> None:
+    if isinstance(want, tuple):
+        assert isinstance(got, tuple) and len(got) == len(want), what
+        for k, (a, b) in enumerate(zip(got, want)):
+            assert_close(a, b, f"{what}[{k}]")
+        return
+    err = rel_error(got, want)
+    assert err <= REL, f"{what}: max|g − g_tf| / max|g_tf| = {err:.2e} > {REL}"
+
+
+def assert_loss_close(scratch, x: Any, y: np.ndarray, loss: float, want: dict) -> None:
+    """The loss equals Keras's to LOSS_REL: computed from Keras's own logits it must; from the
+    scratch forward pass's logits it may differ further only by what their float32 round-off
+    explains (|ΔL| ≤ 2·max|Δlogits|, each logit's gradient being at most 1 in size)."""
+    from nntrace.models.gradients import cross_entropy, forward_pass, logits_of
+
+    labels = np.asarray(y)
+    mask = want["mask"]
+    tf_loss = want["loss"]
+    on_keras_logits = cross_entropy(want["logits"], labels, mask)[0]
+    assert abs(on_keras_logits - tf_loss) <= LOSS_REL * tf_loss, (on_keras_logits, tf_loss)
+    fwd = forward_pass(scratch, x, keep=False)
+    head = fwd.head()
+    logits = logits_of(head.layer, head.x, fwd.output)
+    weight = 1.0 if mask is None else mask.size / max(mask.sum(), 1)
+    slack = 2 * weight * float(np.abs(logits.astype(np.float64) - want["logits"]).max())
+    assert abs(loss - tf_loss) <= LOSS_REL * tf_loss + slack, (loss, tf_loss, slack)
+
+
+def assert_gradient_parity(keras_model, x: Any, y: np.ndarray, scratch=None):
+    """The scratch gradients of `keras_model` equal TensorFlow's: the loss, every trainable
+    variable (under Keras's own path), the input and every layer output."""
+    scratch = scratch or load_scratch(keras_model)
+    want = keras_gradients(keras_model, x, y)
+    g = scratch.gradients(x, y)
+    assert_loss_close(scratch, x, y, g.loss, want)
+    assert sorted(g.weights) == sorted(want["weights"])
+    for path, grad in want["weights"].items():
+        assert_close(g.weights[path], grad, f"variable {path}")
+    if want["inputs"] is None:
+        assert g.inputs is None
+    else:
+        assert_close(g.inputs, want["inputs"], "input")
+    output = scratch.graph.output.node
+    for name, grad in want["outputs"].items():
+        if grad is None and name == output:  # Keras's loss reads the logits behind a final softmax
+            grad = probability_gradient(want["probabilities"], np.asarray(y), want["mask"])
+        if grad is None:
+            assert g.outputs[name] is None, name
+            continue
+        assert_close(g.outputs[name], grad, f"output of {name}")
+    return g
+
+
+def probability_gradient(p: np.ndarray, y: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """dL/dp of Keras's mean −log p[y], masked entries weighted 0 and the others total / valid."""
+    flat, ids = p.reshape(-1, p.shape[-1]).astype(np.float64), y.reshape(-1)
+    weights = np.ones(len(ids)) if mask is None else mask.reshape(-1) * len(ids) / max(mask.sum(), 1)
+    grad = np.zeros_like(flat)
+    grad[np.arange(len(ids)), ids] = -weights / (len(ids) * flat[np.arange(len(ids)), ids])
+    return grad.reshape(p.shape)

@@ -5,12 +5,18 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy.special import erf
 
 Activation = Callable[[np.ndarray], np.ndarray]
 #: `(dy, x, y) -> dx`: the gradient of an activation's input from the gradient of its output `dy`,
 #: its input `x` (the pre-activation) and its output `y`, all of one shape.
 Gradient = Callable[[np.ndarray, np.ndarray | None, np.ndarray], np.ndarray]
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """The error function (scipy's, imported on first use so that importing the layers stays light)."""
+    from scipy.special import erf as scipy_erf
+
+    return scipy_erf(x)
 
 
 def linear(x: np.ndarray) -> np.ndarray:

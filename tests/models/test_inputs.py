@@ -6,7 +6,18 @@ from nntrace.models import inputs
 from nntrace.models.inputs import InputError, check_text, default_image, fit_to, load_image, resolve_model
 
 
-def test_default_image_falls_back_to_the_photo_matplotlib_ships(monkeypatch):
+def test_the_default_image_ships_pre_decoded(monkeypatch):
+    """The first frame needs no data set: CIFAR-10 test image #0 ships as a 3 KB array."""
+    monkeypatch.setattr("nntrace.models.data.load_cifar10", lambda *a, **k: pytest.fail("the data set was read"))
+    img = default_image()
+    assert img.pixels.shape == (1, 32, 32, 3) and img.pixels.dtype == np.float32
+    assert img.description == "CIFAR-10 test image #0" and 0 <= img.label < 10
+    assert img.pixels.std() > 10 and img.pixels.max() <= 255
+
+
+def test_default_image_falls_back_to_the_photo_matplotlib_ships(monkeypatch, tmp_path):
+    import nntrace.models.inputs as inputs
+    monkeypatch.setattr(inputs, "DEFAULT_IMAGE", tmp_path / "missing.npz")
     monkeypatch.setattr("nntrace.models.data.find_cifar_zip", lambda path=None: None)
     img = default_image()
     assert img.pixels.shape == (1, 32, 32, 3) and img.pixels.dtype == np.float32

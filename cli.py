@@ -335,6 +335,67 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grad(args: argparse.Namespace) -> int:
+    """The backward pass of one input: the loss, each layer's and variable's gradient norm, and the
+    largest difference from tf.GradientTape (max |g − g_tf| / max |g_tf|) when a Keras model is beside."""
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from nntrace.models import load_scratch
+    from nntrace.models.inputs import InputError, keras_path_for, resolve_model
+
+    path = resolve_model(args.model or args.kind)
+    scratch = load_scratch(path)
+    check_view(args.kind, scratch)
+    check_input_options(args, scratch)
+    x, described, _, _ = model_input(args, scratch)
+    n_classes = int(np.asarray(scratch.forward(x)).shape[-1])
+    label = int(np.argmax(scratch.forward(x)[0])) if args.label is None else args.label
+    if not 0 <= label < n_classes:
+        raise InputError(f"--label must be a class id from 0 to {n_classes - 1}, got {label}")
+    y = np.array([label])
+    g = scratch.gradients(x, y)
+    keras_path = keras_path_for(path)
+    tf_g = None
+    if keras_path is not None:
+        from nntrace.models.convert import load_keras
+        from nntrace.models.gradient_check import keras_gradients
+
+        tf_g = keras_gradients(load_keras(keras_path), x if not scratch.takes_text else np.array(x, object), y)
+    labels = scratch.meta.get("labels") or [str(k) for k in range(n_classes)]
+    console = Console()
+    console.print(f"{scratch.name} on {described}, label {label} ({labels[label]}): loss {g.loss:.6f}"
+                  + (f"  (GradientTape: {tf_g['loss']:.6f})" if tf_g else ""))
+
+    def diff(got, want) -> str:
+        from nntrace.models.gradient_check import rel_error
+
+        if want is None or got is None or isinstance(want, tuple):
+            return "—"
+        return f"{rel_error(got, want):.1e}"
+
+    table = Table(title="dL/d(layer output), from the loss back to the input")
+    for col in ("layer", "‖gradient‖", "vs GradientTape"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    for name in reversed(list(g.outputs)):
+        out = g.outputs[name]
+        norm = "—" if out is None or isinstance(out, tuple) else f"{float(np.linalg.norm(out)):.4e}"
+        table.add_row(name, norm, diff(out, tf_g["outputs"].get(name)) if tf_g else "…")
+    console.print(table)
+    weights = Table(title="dL/d(variable), every trainable Keras variable")
+    for col in ("variable", "shape", "‖gradient‖", "vs GradientTape"):
+        weights.add_column(col, justify="left" if col == "variable" else "right")
+    for path_, grad_ in g.weights.items():
+        weights.add_row(path_, "×".join(map(str, np.shape(grad_))), f"{float(np.linalg.norm(grad_)):.4e}",
+                        diff(grad_, tf_g["weights"].get(path_)) if tf_g else "…")
+    console.print(weights)
+    if g.inputs is not None:
+        console.print(f"dL/dx (the raw input): ‖·‖ = {float(np.linalg.norm(g.inputs)):.4e}"
+                      + (f", vs GradientTape {diff(g.inputs, tf_g['inputs'])}" if tf_g else ""))
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -764,6 +825,15 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("model", help="cnn, rnn, lstm, or a .keras/.npz file (with its .keras beside it)")
     add_input_options(cmp_)
     cmp_.set_defaults(func=cmd_compare)
+
+    grad = sub.add_parser("grad", help="the backward pass on one input: loss, gradient norms, difference from "
+                                       "tf.GradientTape")
+    grad.add_argument("kind", choices=["cnn", "rnn", "lstm"])
+    grad.add_argument("--model", help="a .keras or .npz file (default: the shipped model)")
+    add_input_options(grad)
+    grad.add_argument("--label", type=non_negative_int, help="the class the loss is taken against "
+                                                             "(default: the predicted class)")
+    grad.set_defaults(func=cmd_grad)
 
     for kind, helptext in (("cnn", "step through the CNN on an image (default)"),
                            ("rnn", "step through the SimpleRNN model on a sentence"),

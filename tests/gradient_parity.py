@@ -7,90 +7,10 @@ from typing import Any
 import numpy as np
 
 from nntrace.models import load_scratch
+from nntrace.models.gradient_check import dense, keras_gradients, rel_error  # noqa: F401 — used by the tests
 
 #: max |g − g_tf| / max |g_tf| for every gradient; relative error of the loss.
 REL, LOSS_REL = 1e-4, 1e-6
-
-
-def keras_gradients(model, x: Any, y: np.ndarray) -> dict[str, Any]:
-    """TensorFlow's loss and gradients for `model` on `x` with class ids `y`, inference mode.
-
-    Returns `{"loss", "weights": {path: grad}, "inputs": dL/dx or None, "outputs": {node name:
-    dL/d(output) or None}, "probabilities": the model output}`; every layer call's output is
-    recorded while the model runs under the tape (as `models.keras_probe` does), so its gradient
-    is the one flowing through the real model.
-    """
-    import keras
-    import tensorflow as tf
-
-    from nntrace.models.convert import keras_graph
-    from nntrace.models.keras_probe import keras_tensor_of
-
-    graph = keras_graph(model)
-    layers = {id(k.klayer): k.klayer for k in graph.nodes}
-    calls: dict[int, list] = {}
-
-    def recording(klayer):
-        call = klayer.call
-
-        def record(*args, **kwargs):
-            out = call(*args, **kwargs)
-            calls.setdefault(id(klayer), []).append(out)
-            return out
-        return record
-
-    given = keras_tensor_of(x)
-    float_input = np.asarray(x).dtype.kind == "f"
-    own = {key: vars(klayer).get("call") for key, klayer in layers.items()}
-    try:
-        for klayer in layers.values():
-            klayer.call = recording(klayer)
-        with tf.GradientTape(persistent=True) as tape:
-            if float_input:
-                tape.watch(given)
-            p = model(given, training=False)
-            # probabilities when the output comes straight from a softmax, else logits
-            from_logits = not hasattr(p, "_keras_logits")
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)(y, p)
-    finally:
-        for key, klayer in layers.items():
-            if own[key] is None:
-                del klayer.call  # back to the class's own method
-            else:
-                klayer.call = own[key]
-    variables = model.trainable_variables
-    grads = tape.gradient(loss, variables)
-    outputs = {}
-    for knode in graph.nodes:
-        node = knode.node
-        k = int(node.name[len(node.layer) + 1:]) if node.name != node.layer else 0
-        out = calls[id(knode.klayer)][k]
-        g = tape.gradient(loss, list(out) if isinstance(out, (list, tuple)) else out)
-        outputs[node.name] = dense(g)
-    mask = keras.src.backend.get_keras_mask(p)
-    return {"loss": float(loss), "weights": {v.path: dense(g) for v, g in zip(variables, grads)},
-            "inputs": dense(tape.gradient(loss, given)) if float_input else None, "outputs": outputs,
-            "probabilities": np.asarray(p), "mask": None if mask is None else np.asarray(mask),
-            "logits": np.asarray(p if from_logits else p._keras_logits)}
-
-
-def dense(g: Any) -> Any:
-    """A TensorFlow gradient as a NumPy array (IndexedSlices summed), a tuple of them, or None."""
-    import tensorflow as tf
-
-    if g is None:
-        return None
-    if isinstance(g, (list, tuple)):
-        return tuple(dense(v) for v in g)
-    return np.asarray(tf.convert_to_tensor(g))
-
-
-def rel_error(got: np.ndarray, want: np.ndarray) -> float:
-    """max |got − want| / max |want| (an absolute error when `want` is all zeros)."""
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert got.shape == want.shape, f"shape {got.shape} != {want.shape}"
-    scale = np.abs(want).max(initial=0.0)
-    return float(np.abs(got - want).max(initial=0.0) / (scale if scale > 0 else 1.0))
 
 
 def assert_close(got: Any, want: Any, what: str) -> None:

@@ -1,0 +1,34 @@
+"""`nntrace grad`: the backward pass of one input, beside tf.GradientTape."""
+import numpy as np
+
+from nntrace import cli
+from nntrace.models import load_scratch
+from tests.keras_models import small_cnn, small_text_model
+
+
+def saved(model, tmp_path, name):
+    model.save(tmp_path / f"{name}.keras")
+    return load_scratch(model).save_weights(tmp_path / f"{name}.npz")
+
+
+def test_grad_prints_the_loss_norms_and_the_tape_difference(tmp_path, capsys):
+    from PIL import Image
+    path = saved(small_cnn(), tmp_path, "cnn")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), np.uint8)).save(tmp_path / "i.png")
+    assert cli.main(["grad", "cnn", "--model", str(path), "--image", str(tmp_path / "i.png"), "--label", "1"]) == 0
+    out = capsys.readouterr().out
+    scratch = load_scratch(path)
+    x = np.asarray(__import__("PIL.Image").Image.open(tmp_path / "i.png"), np.float32)[None]
+    g = scratch.gradients(x, np.array([1]))
+    assert f"loss {g.loss:.6f}" in out and "GradientTape:" in out
+    cells = [[c.strip() for c in line.split("│") if c.strip()] for line in out.splitlines() if "conv" in line]
+    diffs = [float(row[-1]) for row in cells if row and row[-1] not in ("—", "…")]  # the last column
+    assert len(diffs) >= 2, out  # the conv layer's output and its kernel
+    assert diffs and max(diffs) < 1e-3  # every printed difference from the tape is small
+
+
+def test_grad_refuses_a_label_outside_the_classes_and_a_view_that_does_not_fit(tmp_path, capsys):
+    path = saved(small_text_model(), tmp_path, "t")
+    assert cli.main(["grad", "lstm", "--model", str(path), "--label", "7"]) == 2
+    assert "--label must be a class id from 0 to" in capsys.readouterr().err
+    assert cli.main(["grad", "cnn", "--model", str(path)]) == 2

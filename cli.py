@@ -386,9 +386,18 @@ def cmd_grad(args: argparse.Namespace) -> int:
     weights = Table(title="dL/d(variable), every trainable Keras variable")
     for col in ("variable", "shape", "‖gradient‖", "vs GradientTape"):
         weights.add_column(col, justify="left" if col == "variable" else "right")
+    def tape_weight(path_: str):
+        """TensorFlow's gradient of the same variable: Keras names a variable by the model it sits in
+        (`sequential/conv2d/kernel` where it was built, `conv2d/kernel` once loaded from a file)."""
+        found = tf_g["weights"].get(path_)
+        if found is None:
+            found = next((v for k, v in tf_g["weights"].items() if path_.endswith("/" + k) or k.endswith("/" + path_)),
+                         None)
+        return found
+
     for path_, grad_ in g.weights.items():
         weights.add_row(path_, "×".join(map(str, np.shape(grad_))), f"{float(np.linalg.norm(grad_)):.4e}",
-                        diff(grad_, tf_g["weights"].get(path_)) if tf_g else "…")
+                        diff(grad_, tape_weight(path_)) if tf_g else "…")
     console.print(weights)
     if g.inputs is not None:
         console.print(f"dL/dx (the raw input): ‖·‖ = {float(np.linalg.norm(g.inputs)):.4e}"

@@ -146,36 +146,10 @@ def test_the_real_command_starts_and_quits_in_a_terminal(tmp_path):
     load_scratch(model).save_weights(tmp_path / "m.npz")
     from PIL import Image
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img.png")
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.chdir(ROOT)
-        os.environ.update(TERM="xterm-256color", COLUMNS="120", LINES="40")
-        os.execv(sys.executable, [sys.executable, "-m", "nntrace.cli", "cnn", "--model", str(tmp_path / "m.npz"),
-                                  "--image", str(tmp_path / "img.png")])
-    output = b""
-    deadline = time.time() + 60
-    while time.time() < deadline and b"conv" not in output:
-        if select.select([fd], [], [], 0.5)[0]:
-            try:
-                output += os.read(fd, 65536)
-            except OSError:
-                break
+    output, code = run_in_pty(["cnn", "--model", str(tmp_path / "m.npz"), "--image", str(tmp_path / "img.png")],
+                              ROOT, dict(os.environ), b"conv", 60)
     assert b"conv" in output, output[-500:]
-    os.write(fd, b"q")
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if select.select([fd], [], [], 0.2)[0]:
-            try:
-                os.read(fd, 65536)
-            except OSError:
-                pass
-    else:
-        os.kill(pid, 9)
-        pytest.fail("nntrace did not quit on q")
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert code == 0, "nntrace did not quit on q" if code is None else code
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -337,35 +311,10 @@ def test_tensorflow_never_writes_on_the_screen(tmp_path):
     model.save(tmp_path / "t.keras")
     load_scratch(model).save_weights(tmp_path / "t.npz")
     state = tmp_path / "state"
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.chdir(tmp_path)
-        env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # TensorFlow at its loudest
-        env.update(TERM="xterm-256color", COLUMNS="120", LINES="40", NNTRACE_STATE=str(state),
-                   TF_CPP_MIN_LOG_LEVEL="0")
-        os.execve(sys.executable, [sys.executable, "-m", "nntrace.cli", "lstm", "--model", str(tmp_path / "t.npz"),
-                                   "--text", "enak sekali"], env)
-    output = b""
-    deadline = time.time() + 120
-    while time.time() < deadline and b"every layer matches" not in output:
-        if select.select([fd], [], [], 0.5)[0]:
-            try:
-                output += os.read(fd, 65536)
-            except OSError:
-                break
-    os.write(fd, b"q")
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if select.select([fd], [], [], 0.2)[0]:
-            try:
-                output += os.read(fd, 65536)
-            except OSError:
-                pass
-    else:
-        os.kill(pid, 9)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # TensorFlow at its loudest
+    env.update(NNTRACE_STATE=str(state), TF_CPP_MIN_LOG_LEVEL="0")
+    output, _ = run_in_pty(["lstm", "--model", str(tmp_path / "t.npz"), "--text", "enak sekali"], tmp_path, env,
+                           b"every layer matches", 120)
     assert b"every layer matches" in output, output[-800:]
     for noise in (b"absl", b"oneDNN", b"tensorflow", b"I0000", b"WARNING"):
         assert noise not in output
@@ -392,3 +341,36 @@ def test_control_characters_in_a_sentence_never_reach_the_screen():
             assert "[/]oops" in seen[0] or "oops" in seen[0]
 
     asyncio.run(run())
+
+
+def run_in_pty(argv: list[str], cwd, env: dict, until: bytes, seconds: float) -> tuple[bytes, int | None]:
+    """`python -m nntrace.cli ARGV` in a 120×40 pseudo-terminal: read until `until` appears (or
+    `seconds` pass), press q, and wait for the exit. Returns (everything written, exit code or None
+    when it did not quit within 30 s)."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(cwd)
+        os.execve(sys.executable, [sys.executable, "-m", "nntrace.cli", *argv],
+                  {**env, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"})
+    output = b""
+    deadline = time.time() + seconds
+    while time.time() < deadline and until not in output:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                output += os.read(fd, 65536)
+            except OSError:
+                break
+    os.write(fd, b"q")
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return output, os.waitstatus_to_exitcode(status)
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                output += os.read(fd, 65536)
+            except OSError:
+                pass
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    return output, None

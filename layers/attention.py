@@ -28,7 +28,22 @@ def softmax_last(x: np.ndarray) -> np.ndarray:
     return activations.softmax(x, axis=-1)
 
 
-class Attention(Layer):
+class AttentionLayer(Layer):
+    """What both attention layers share: the output of `parts`, and the query's mask passed on."""
+
+    def parts(self, x, mask, use_causal_mask: bool) -> dict:
+        raise NotImplementedError
+
+    def call(self, x, mask, training, use_causal_mask=False):
+        return self.parts(x, mask, bool(use_causal_mask))["output"]
+
+    def compute_mask(self, x, mask):
+        if mask is None or mask[0] is None:
+            return None
+        return np.asarray(mask[0], bool)
+
+
+class Attention(AttentionLayer):
     """Keras's `Attention`: each query reads the values through a softmax of its scores with the keys.
 
     Inputs: `[query (batch, T, dim), value (batch, S, dim)]` or `[query, value, key]` (the key is
@@ -103,14 +118,6 @@ class Attention(Layer):
                 "allowed": None if allowed is None else np.broadcast_to(allowed, scores.shape),
                 "logits": logits, "weights": weights, "output": out, "q_mask": q_mask}
 
-    def call(self, x, mask, training, use_causal_mask=False):
-        return self.parts(x, mask, bool(use_causal_mask))["output"]
-
-    def compute_mask(self, x, mask):
-        if mask is None or mask[0] is None:
-            return None
-        return np.asarray(mask[0], bool)
-
     def steps(self, x, mask=None, context=None, queries=None, use_causal_mask=False):
         """One `AttentionStep` per query position of the sample (head 0)."""
         from nntrace.tracer.events import AttentionStep
@@ -126,7 +133,7 @@ class Attention(Layer):
                                 query_masked=p["q_mask"] is not None and not bool(np.asarray(p["q_mask"])[0, t]))
 
 
-class MultiHeadAttention(Layer):
+class MultiHeadAttention(AttentionLayer):
     """Keras's `MultiHeadAttention` over one sequence axis: per head, `query·W_q` against `key·W_k`
     (scores scaled by 1/√key_dim), a softmax over the allowed keys, the weighted sum of `value·W_v`;
     the heads' outputs (times a sigmoid gate with `use_gate`) go through the output projection.
@@ -265,14 +272,6 @@ class MultiHeadAttention(Layer):
             out = out + self.weights["output_bias"]
         return {"q": qp, "k": kp, "v": vp, "scores": scores, "scale": float(scale), "scaled": scaled, "allowed": full,
                 "logits": logits, "weights": weights, "heads": heads, "output": out}
-
-    def call(self, x, mask, training, use_causal_mask=False):
-        return self.parts(x, mask, bool(use_causal_mask))["output"]
-
-    def compute_mask(self, x, mask):
-        if mask is None or mask[0] is None:
-            return None
-        return np.asarray(mask[0], bool)
 
     def steps(self, x, mask=None, context=None, heads=None, queries=None,
               use_causal_mask=False) -> Iterator[Any]:

@@ -19,47 +19,24 @@ def keras_gradients(model, x: Any, y: np.ndarray) -> dict[str, Any]:
     import tensorflow as tf
 
     from nntrace.models.convert import keras_graph
-    from nntrace.models.keras_probe import keras_tensor_of
+    from nntrace.models.keras_probe import keras_tensor_of, node_output, recorded_calls
 
     graph = keras_graph(model)
-    layers = {id(k.klayer): k.klayer for k in graph.nodes}
-    calls: dict[int, list] = {}
-
-    def recording(klayer):
-        call = klayer.call
-
-        def record(*args, **kwargs):
-            out = call(*args, **kwargs)
-            calls.setdefault(id(klayer), []).append(out)
-            return out
-        return record
-
     given = keras_tensor_of(x)
     float_input = np.asarray(x).dtype.kind == "f"
-    own = {key: vars(klayer).get("call") for key, klayer in layers.items()}
-    try:
-        for klayer in layers.values():
-            klayer.call = recording(klayer)
-        with tf.GradientTape(persistent=True) as tape:
-            if float_input:
-                tape.watch(given)
-            p = model(given, training=False)
-            # probabilities when the output comes straight from a softmax, else logits
-            from_logits = not hasattr(p, "_keras_logits")
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)(y, p)
-    finally:
-        for key, klayer in layers.items():
-            if own[key] is None:
-                del klayer.call  # back to the class's own method
-            else:
-                klayer.call = own[key]
+    with recorded_calls(graph) as calls, tf.GradientTape(persistent=True) as tape:
+        if float_input:
+            tape.watch(given)
+        p = model(given, training=False)
+        # probabilities when the output comes straight from a softmax, else logits
+        from_logits = not hasattr(p, "_keras_logits")
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)(y, p)
     variables = model.trainable_variables
     grads = tape.gradient(loss, variables)
     outputs = {}
     for knode in graph.nodes:
         node = knode.node
-        k = int(node.name[len(node.layer) + 1:]) if node.name != node.layer else 0
-        out = calls[id(knode.klayer)][k]
+        out = node_output(calls, knode)
         g = tape.gradient(loss, list(out) if isinstance(out, (list, tuple)) else out)
         outputs[node.name] = dense(g)
     mask = keras.src.backend.get_keras_mask(p)

@@ -1,7 +1,8 @@
 """Keras's own per-layer outputs for an input, aligned with scratch layers by name."""
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -33,6 +34,24 @@ def keras_node_outputs(model, x: Any) -> dict[str, tuple[Any, Any]]:
     if isinstance(x, dict):
         x = [x[n] for n in names]
     given = [keras_tensor_of(v) for v in x] if len(names) > 1 else keras_tensor_of(x)
+    with recorded_calls(graph) as calls:
+        model(given, training=False)
+    out = {}
+    for knode in graph.nodes:
+        y = node_output(calls, knode)
+        if isinstance(y, (list, tuple)):
+            out[knode.node.name] = (tuple(to_numpy(v) for v in y), None)
+        else:
+            mask = backend.get_keras_mask(y)
+            out[knode.node.name] = (to_numpy(y), None if mask is None else np.asarray(keras.ops.convert_to_numpy(mask)))
+    return out
+
+
+@contextmanager
+def recorded_calls(graph) -> Iterator[dict[int, list]]:
+    """While the block runs, every layer of `graph` (`models.convert.keras_graph`) records what its
+    calls return: `calls[id(keras layer)]` lists them in call order. The layers' own `call` is back
+    afterwards."""
     calls: dict[int, list] = {}
     layers = {id(k.klayer): k.klayer for k in graph.nodes}
 
@@ -49,24 +68,20 @@ def keras_node_outputs(model, x: Any) -> dict[str, tuple[Any, Any]]:
     try:
         for klayer in layers.values():
             klayer.call = recording(klayer)
-        model(given, training=False)
+        yield calls
     finally:
         for key, klayer in layers.items():
             if own[key] is None:
                 del klayer.call  # back to the class's own method
             else:
                 klayer.call = own[key]
-    out = {}
-    for knode in graph.nodes:
-        node = knode.node
-        k = int(node.name[len(node.layer) + 1:]) if node.name != node.layer else 0
-        y = calls[id(knode.klayer)][k]
-        if isinstance(y, (list, tuple)):
-            out[knode.node.name] = (tuple(to_numpy(v) for v in y), None)
-        else:
-            mask = backend.get_keras_mask(y)
-            out[knode.node.name] = (to_numpy(y), None if mask is None else np.asarray(keras.ops.convert_to_numpy(mask)))
-    return out
+
+
+def node_output(calls: dict[int, list], knode) -> Any:
+    """What a graph node's call returned: the k-th call of its layer for node `name:k`."""
+    node = knode.node
+    k = int(node.name[len(node.layer) + 1:]) if node.name != node.layer else 0
+    return calls[id(knode.klayer)][k]
 
 
 def keras_tensor_of(x: Any):

@@ -102,14 +102,22 @@ TRAIN_DEFAULTS = {  # kind → (model name, epochs, batch size, seed); seeds cho
     "cnn": ("cnn", 40, 128, 0),
     "rnn": ("simple_rnn", 60, 32, 2),
     "lstm": ("lstm", 60, 32, 1),
+    "gru": ("gru", 60, 32, 1),
+    "attention": ("attention", 60, 32, 0),
 }
 
 
 def settings_for(kind: str):
-    from nntrace.models.builders import CNNSettings, TextSettings
+    from nntrace.models.builders import AttentionSettings, CNNSettings, TextSettings
 
     if kind == "cnn":
         return CNNSettings()
+    if kind == "gru":  # the demo models of the GRU and attention lessons: 2 settings × seeds 0, 1, by validation
+        return TextSettings(cell="gru", units=32, embedding_dim=64, dropout=0.5, learning_rate=2e-3, max_tokens=3000,
+                            embedding_init="lsa")
+    if kind == "attention":
+        return AttentionSettings(heads=2, units=8, embedding_dim=16, dropout=0.3, learning_rate=5e-3, max_tokens=3000,
+                                 embedding_init="lsa")
     if kind == "rnn":  # chosen by validation macro-F1 (reports/text-model-selection.md)
         return TextSettings(cell="simple_rnn", units=32, embedding_dim=64, dropout=0.3, learning_rate=2e-3,
                             max_tokens=3000, embedding_dropout=0.2, embedding_init="lsa")
@@ -781,6 +789,14 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=existing_path, help="data directory")
 
 
+#: The app's views of the shipped models: `nntrace <kind>`, `nntrace serve <kind>`, `nntrace grad <kind>`.
+VIEWS = {"cnn": "step through the CNN on an image (default)",
+         "rnn": "step through the SimpleRNN model on a sentence",
+         "lstm": "step through the LSTM model on a sentence",
+         "gru": "step through the GRU model on a sentence",
+         "attention": "step through the attention (tiny transformer) model on a sentence"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="nntrace", description="Step through a neural network's forward pass.")
     sub = parser.add_subparsers(dest="command")
@@ -788,7 +804,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a reference model (Keras) and save it with its scratch twin")
     train.add_argument("kind", choices=sorted(TRAIN_DEFAULTS))
     train.add_argument("--out", type=output_dir, default="runs", help="output directory (default: runs)")
-    train.add_argument("--name", type=file_stem, help="file name stem (default: cnn / simple_rnn / lstm)")
+    train.add_argument("--name", type=file_stem,
+                       help="file name stem (default: cnn / simple_rnn / lstm / gru / attention)")
     train.add_argument("--data", type=existing_path,
                        help="data directory (default: $NNTRACE_DATA, shared/data, online)")
     train.add_argument("--epochs", type=positive_int)
@@ -813,7 +830,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.set_defaults(func=cmd_experiments)
 
     ev = sub.add_parser("evaluate", help="the whole test split: scratch and Keras macro-F1, agreement, max |Δp|")
-    ev.add_argument("model", nargs="?", default="cnn", help="cnn, rnn, lstm or a .keras/.npz file (default cnn)")
+    ev.add_argument("model", nargs="?", default="cnn", help="cnn, rnn, lstm, gru, attention or a .keras/.npz file "
+                                                              "(default cnn)")
     ev.add_argument("--data", type=existing_path, help="data directory")
     ev.add_argument("--batch-size", type=positive_int, default=256)
     ev.add_argument("--no-keras", action="store_true", help="the scratch model only")
@@ -837,23 +855,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     grad = sub.add_parser("grad", help="the backward pass on one input: loss, gradient norms, difference from "
                                        "tf.GradientTape")
-    grad.add_argument("kind", choices=["cnn", "rnn", "lstm"])
+    grad.add_argument("kind", choices=list(VIEWS))
     grad.add_argument("--model", help="a .keras or .npz file (default: the shipped model)")
     add_input_options(grad)
     grad.add_argument("--label", type=non_negative_int, help="the class the loss is taken against "
                                                              "(default: the predicted class)")
     grad.set_defaults(func=cmd_grad)
 
-    for kind, helptext in (("cnn", "step through the CNN on an image (default)"),
-                           ("rnn", "step through the SimpleRNN model on a sentence"),
-                           ("lstm", "step through the LSTM model on a sentence")):
+    for kind, helptext in VIEWS.items():
         view = sub.add_parser(kind, help=helptext)
         view.add_argument("--model", help="a .keras or .npz file (default: the shipped model)")
         add_input_options(view)
         view.set_defaults(func=cmd_view, kind=kind)
 
     serve = sub.add_parser("serve", help="run the app in a browser (for a classroom projector)")
-    serve.add_argument("view", nargs="?", default="cnn", choices=["cnn", "rnn", "lstm"])
+    serve.add_argument("view", nargs="?", default="cnn", choices=list(VIEWS))
     serve.add_argument("--model")
     add_input_options(serve)
     serve.add_argument("--host", default="localhost")

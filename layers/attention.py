@@ -37,6 +37,13 @@ class AttentionLayer(Layer):
     def call(self, x, mask, training, use_causal_mask=False):
         return self.parts(x, mask, bool(use_causal_mask))["output"]
 
+    def forward_with_cache(self, x, mask=None, use_causal_mask=False):
+        """The output, and every stage of `parts` for `backward`."""
+        if self.weight_shapes() and not self.weights:
+            return self.forward(x, mask), None  # says the weights are missing
+        p = self.parts(x, mask, bool(use_causal_mask))
+        return p["output"], p
+
     def compute_mask(self, x, mask):
         if mask is None or mask[0] is None:
             return None
@@ -117,6 +124,43 @@ class Attention(AttentionLayer):
         return {"q": q, "k": k, "v": v, "scores": scores, "factor": factor, "inner": inner, "scaled": scaled,
                 "allowed": None if allowed is None else np.broadcast_to(allowed, scores.shape),
                 "logits": logits, "weights": weights, "output": out, "q_mask": q_mask}
+
+    def backward(self, dy, x, mask=None, y=None, cache=None, use_causal_mask=False):
+        """dL/d[query, value(, key)] — `(batch, T, dim)`, `(batch, S, dim_v)`, `(batch, S, dim)`;
+        without a key its gradient joins the value's — and {scale, concat_score_weight} for dy
+        `(batch, T, dim_v)`. A masked query's output is 0, so it sends nothing back; a masked
+        key's score had a constant subtracted, so its gradient is the softmax's (≈ 0)."""
+        p = self.parts(x, mask, bool(use_causal_mask)) if cache is None else cache
+        q, k, v, w = p["q"], p["k"], p["v"], p["weights"]
+        d_out = as_float32(dy)
+        if p["q_mask"] is not None:
+            d_out = np.where(np.asarray(p["q_mask"], bool)[:, :, None], d_out, np.float32(0))
+        d_weights = d_out @ np.swapaxes(v, -2, -1)                      # (batch, T, S)
+        dv = np.swapaxes(w, -2, -1) @ d_out                             # (batch, S, dim_v)
+        d_scaled = activations.softmax_grad(d_weights, None, w)         # = dL/d(scores after scaling)
+        grads: dict[str, np.ndarray] = {}
+        scale = self.weights.get("scale")
+        if self.config.get("score_mode", "dot") == "dot":
+            d_scores = d_scaled
+            if scale is not None:
+                grads["scale"] = np.float32(np.sum(d_scaled * p["scores"], dtype=np.float32)).reshape(())
+                d_scores = d_scaled * scale
+            dq = d_scores @ k
+            dk = np.swapaxes(d_scores, -2, -1) @ q
+        else:  # scaled = w_c · Σ_d tanh(scale · (q + k))
+            weight = self.weights["concat_score_weight"]
+            grads["concat_score_weight"] = np.float32(np.sum(d_scaled * p["scores"], dtype=np.float32)).reshape(())
+            summed = q[:, :, None, :] + k[:, None, :, :]                # (batch, T, S, dim)
+            th = np.tanh(summed if scale is None else scale * summed)
+            d_inner = (d_scaled * weight)[..., None] * (1 - th * th)   # dL/d(the tanh's input)
+            if scale is not None:
+                grads["scale"] = np.float32(np.sum(d_inner * summed, dtype=np.float32)).reshape(())
+                d_inner = d_inner * scale
+            dq = d_inner.sum(axis=2, dtype=np.float32)
+            dk = d_inner.sum(axis=1, dtype=np.float32)
+        if len(x) > 2:
+            return (dq, dv, dk), grads
+        return (dq, dv + dk), grads
 
     def steps(self, x, mask=None, context=None, queries=None, use_causal_mask=False):
         """One `AttentionStep` per query position of the sample (head 0)."""
@@ -262,16 +306,71 @@ class MultiHeadAttention(AttentionLayer):
             logits = scaled if full is None else np.where(full, scaled, TF_LARGE_NEGATIVE)
             weights = softmax_last(logits)
         heads = np.einsum("bnts,bsnh->btnh", weights, vp)
-        gated = heads
+        gated, gate = heads, None
         if "gate_kernel" in self.weights:
-            gated = heads * activations.sigmoid(self.project(q, "gate"))
+            gate = activations.sigmoid(self.project(q, "gate"))
+            gated = heads * gate
         kernel = self.weights["output_kernel"]
         out = gated.reshape(q.shape[:2] + (-1,)) @ kernel.reshape(self.heads * self.value_dim, -1)
         out = out.reshape(q.shape[:2] + kernel.shape[2:])
         if "output_bias" in self.weights:
             out = out + self.weights["output_bias"]
         return {"q": qp, "k": kp, "v": vp, "scores": scores, "scale": float(scale), "scaled": scaled, "allowed": full,
-                "logits": logits, "weights": weights, "heads": heads, "output": out}
+                "logits": logits, "weights": weights, "heads": heads, "gate": gate, "gated": gated, "output": out}
+
+    def project_backward(self, d: np.ndarray, x: np.ndarray, name: str, grads: dict) -> np.ndarray:
+        """Back through `project`: dL/d(projection) `d` `(batch, L, heads, width)` → dL/dx
+        `(batch, L, dim)`; the kernel's and bias's gradients go into `grads`."""
+        kernel = self.weights[f"{name}_kernel"]
+        flat_kernel = kernel.reshape(kernel.shape[0], -1)
+        d2 = d.reshape(-1, flat_kernel.shape[1])
+        grads[f"{name}_kernel"] = (x.reshape(-1, kernel.shape[0]).T @ d2).reshape(kernel.shape)
+        if f"{name}_bias" in self.weights:
+            grads[f"{name}_bias"] = d2.sum(axis=0, dtype=np.float32).reshape(kernel.shape[1:])
+        return (d2 @ flat_kernel.T).reshape(x.shape[:2] + (kernel.shape[0],))
+
+    def backward(self, dy, x, mask=None, y=None, cache=None, use_causal_mask=False):
+        """dL/d(query, value, key, attention_mask) — `(batch, T, dim_q)`, `(batch, S, dim_v)`,
+        `(batch, S, dim_k)`, None (the mask is not differentiable; without a key its gradient joins
+        the value's) — and every kernel's and bias's gradient, for dy `(batch, T, *output_shape)`.
+
+        Per head `h`: out = Σ_h (weights_h · v_h)·W_o[h] + b_o, weights = softmax(scale·q_h·k_hᵀ)
+        over the allowed keys; a disallowed score was replaced by a constant, so it gets nothing.
+        """
+        q, v, k, _ = self.unpack(x)
+        p = self.parts(x, mask, bool(use_causal_mask)) if cache is None else cache
+        qp, kp, vp, w, heads = p["q"], p["k"], p["v"], p["weights"], p["heads"]
+        batch, t = q.shape[:2]
+        grads: dict[str, np.ndarray] = {}
+        kernel = self.weights["output_kernel"]
+        flat_kernel = kernel.reshape(self.heads * self.value_dim, -1)
+        d_out = as_float32(dy).reshape(batch * t, -1)
+        grads["output_kernel"] = (p["gated"].reshape(batch * t, -1).T @ d_out).reshape(kernel.shape)
+        if "output_bias" in self.weights:
+            grads["output_bias"] = d_out.sum(axis=0, dtype=np.float32).reshape(kernel.shape[2:])
+        d_heads = (d_out @ flat_kernel.T).reshape(heads.shape)          # (batch, T, heads, value_dim)
+        d_gate = None
+        if p["gate"] is not None:
+            d_gate = d_heads * heads * p["gate"] * (1 - p["gate"])       # through the gate's sigmoid
+            d_heads = d_heads * p["gate"]
+        d_heads_n = d_heads.transpose(0, 2, 1, 3)                       # (batch, heads, T, value_dim)
+        v_n, k_n, q_n = (a.transpose(0, 2, 1, 3) for a in (vp, kp, qp))
+        d_weights = d_heads_n @ np.swapaxes(v_n, -2, -1)                # (batch, heads, T, S)
+        dvp = (np.swapaxes(w, -2, -1) @ d_heads_n).transpose(0, 2, 1, 3)
+        d_scaled = activations.softmax_grad(d_weights, None, w)
+        if p["allowed"] is not None:
+            d_scaled = np.where(p["allowed"], d_scaled, np.float32(0))
+        d_scores = d_scaled * np.float32(p["scale"])
+        dqp = (d_scores @ k_n).transpose(0, 2, 1, 3)
+        dkp = (np.swapaxes(d_scores, -2, -1) @ q_n).transpose(0, 2, 1, 3)
+        dq = self.project_backward(dqp, q, "query", grads)
+        dk = self.project_backward(dkp, k, "key", grads)
+        dv = self.project_backward(dvp, v, "value", grads)
+        if d_gate is not None:
+            dq = dq + self.project_backward(d_gate, q, "gate", grads)
+        if len(x) > 2 and x[2] is not None:
+            return (dq, dv, dk, None), grads
+        return (dq, dv + dk, None, None), grads
 
     def steps(self, x, mask=None, context=None, heads=None, queries=None,
               use_causal_mask=False) -> Iterator[Any]:

@@ -121,18 +121,22 @@ class Layer:
         return iter(())
 
     # -- backward -------------------------------------------------------------------------------
-    def forward_with_cache(self, x: np.ndarray, mask: np.ndarray | None = None) -> tuple[Any, Any]:
-        """The inference forward pass and what `backward` reuses (None: it recomputes what it needs)."""
-        return self.forward(x, mask=mask), None
+    def forward_with_cache(self, x: np.ndarray, mask: np.ndarray | None = None, **options) -> tuple[Any, Any]:
+        """The inference forward pass and what `backward` reuses (None: it recomputes what it needs).
+
+        Call options (`call_options`, e.g. `use_causal_mask`) come as keywords, only to a layer
+        that has some; `backward` then gets the same ones."""
+        return self.forward(x, mask=mask, **options), None
 
     def backward(self, dy: Any, x: Any, mask: np.ndarray | None = None, y: Any = None,
-                 cache: Any = None) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+                 cache: Any = None, **options) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         """Gradients of the inference forward pass, vectorised over the batch.
 
         Args:
             dy: dL/d(output), the shape of `forward(x)`'s output.
             x, mask: the forward inputs; y: the forward output (recomputed when None);
-            cache: what `forward_with_cache` returned beside `y`.
+            cache: what `forward_with_cache` returned beside `y`;
+            options: the call's options, as `forward_with_cache` got them.
         Returns:
             `(dx, weight_grads)`: dL/dx (None when the input is not differentiable: token ids,
             strings) and `{weight name: dL/dweight}` for the weights the output depends on through

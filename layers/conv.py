@@ -188,8 +188,6 @@ class Conv2D(Layer):
 
     def backward(self, dy, x, mask=None, y=None, cache=None):
         """dL/dx `(batch, h, w, in_ch)` and {kernel, bias} for dy `(batch, out_h, out_w, filters)`."""
-        if self.general:
-            self.unsupported("the backward pass with dilation_rate or groups is not supported")
         x = as_float32(x)
         z = cache
         if z is None and activations.needs_input(self.config.get("activation")):
@@ -201,9 +199,16 @@ class Conv2D(Layer):
     def backward_pre_activation(self, dz: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """From dL/d(pre-activation) `dz` `(batch, out_h, out_w, filters)`: the kernel gradient as
         a correlation of the input patches (the forward's im2col columns) with `dz`, the bias
-        gradient as `dz` summed, and dL/dx `(batch, h, w, in_ch)` as the transposed convolution."""
+        gradient as `dz` summed, and dL/dx `(batch, h, w, in_ch)` as the transposed convolution.
+        Dilated or grouped: the general cross-correlation's gradients (`Window.correlate_backward`)."""
         x, dz = as_float32(x), as_float32(dz)
         kernel = self.weights["kernel"]
+        if self.general:
+            dx, d_kernel = self.window.correlate_backward(dz, x, kernel)
+            grads = {"kernel": d_kernel}
+            if "bias" in self.weights:
+                grads["bias"] = dz.sum(axis=(0, 1, 2), dtype=np.float32)
+            return dx, grads
         (kh, kw), cin, filters = self.kernel_size, kernel.shape[2], kernel.shape[3]
         _, _, oh, ow = output_geometry(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
         d_kernel = np.zeros((kh * kw * cin, filters), np.float32)
@@ -289,6 +294,63 @@ class Conv2D(Layer):
                                     padding=real[0, r * sh:r * sh + kh, c * sw:c * sw + kw, 0] == 0,
                                     origin=(r * sh - t, c * sw - l), **geometry)
 
+    def backward_steps(self, x, mask=None, dy=None, context=None, dz=None, filters=None, taps=None,
+                       cells=None):
+        """The backward steps of sample `x` `(1, h, w, in_ch)` for ∂L/∂y `dy` `(1, out_h, out_w,
+        filters)` (or ∂L/∂z `dz` for a final softmax): one `ConvKernelGradient` per kernel weight,
+        filter-major then (i, j, ch), then one `ConvInputGradient` per input cell (row, col,
+        channel). `taps` ((i, j, ch) triples) and `cells` ((row, col, ch) triples) keep only
+        those. A dilated or grouped convolution has no backward steps."""
+        from nntrace.tracer.events import ConvInputGradient, ConvKernelGradient
+
+        if self.general:
+            return
+        x = as_float32(x)
+        kernel = self.weights["kernel"]
+        (kh, kw), (sh, sw), (_, h, w, cin) = self.kernel_size, self.strides, x.shape
+        (t, _), (l, _), oh, ow = output_geometry(h, w, self.kernel_size, self.strides, self.padding)
+        if dz is None:
+            z = self.convolve(x, activate=False)
+            dz = self.activation_backward(as_float32(dy), z, self.act(z))
+        delta = as_float32(dz)[0]                                   # (oh, ow, filters)
+        cols = next(self.column_chunks(x, oh, ow))[2][0]            # (oh, ow, kh, kw, cin)
+        chosen = None if taps is None else {tuple(tap) for tap in taps}
+        for f in range(kernel.shape[-1]) if filters is None else filters:
+            for i in range(kh):
+                for j in range(kw):
+                    for ch in range(cin):
+                        if chosen is not None and (i, j, ch) not in chosen:
+                            continue
+                        inputs = cols[:, :, i, j, ch]
+                        products = inputs * delta[:, :, f]
+                        yield ConvKernelGradient(self.name, filter=f, tap=(i, j, ch), inputs=inputs.copy(),
+                                                 deltas=delta[:, :, f].copy(), products=products,
+                                                 total=float(products.sum(dtype=np.float32)),
+                                                 weight=float(kernel[i, j, ch, f]))
+        if filters is not None or taps is not None:
+            return
+        wanted = None if cells is None else [tuple(c) for c in cells]
+        for row, col, ch in wanted or ((r, c, k) for r in range(h) for c in range(w) for k in range(cin)):
+            found, kernel_at = [], []
+            for i in range(kh):  # output cells whose patch holds input (row, col) at tap (i, j)
+                orow, rem_r = divmod(row + t - i, sh)
+                if rem_r or not 0 <= orow < oh:
+                    continue
+                for j in range(kw):
+                    ocol, rem_c = divmod(col + l - j, sw)
+                    if rem_c or not 0 <= ocol < ow:
+                        continue
+                    found.append((orow, ocol))
+                    kernel_at.append((i, j))
+            taps_at = np.array(kernel_at, np.int32).reshape(-1, 2)
+            where = np.array(found, np.int32).reshape(-1, 2)
+            weights = kernel[taps_at[:, 0], taps_at[:, 1], ch, :]      # (n, filters)
+            deltas = delta[where[:, 0], where[:, 1], :]                # (n, filters)
+            cell_sums = (weights * deltas).sum(axis=1, dtype=np.float32)
+            yield ConvInputGradient(self.name, row=row, col=col, channel=ch, cells=where, taps=taps_at,
+                                    weights=weights, deltas=deltas, cell_sums=cell_sums,
+                                    total=float(cell_sums.sum(dtype=np.float32)))
+
 
 # ---------------------------------------------------------------------------------------------
 # Dilated and grouped convolution: Conv2D with `dilation_rate` or `groups`, Conv1D,
@@ -359,6 +421,49 @@ class Window:
                 out[s:s + m] = np.einsum("nijgc,ijcgf->ngf", split, grouped, optimize=True).reshape(m, oh, ow, filters)
         return out
 
+    def correlate_backward(self, dz: np.ndarray, x: np.ndarray, kernel: np.ndarray,
+                           chunk_rows: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """The gradients of `correlate(x, kernel)` for dz `(n, out_h, out_w, filters)`: dL/dx
+        `(n, h, w, cin)` and dL/dkernel `(kh, kw, cin/groups, filters)`.
+
+        The kernel's gradient correlates the input columns with dz (per group); each column's
+        gradient `dz·kernelᵀ` is added back to the (dilated, strided) cells it was read from, and
+        the padding's share falls away.
+        """
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation
+        x, dz = as_float32(x), as_float32(dz)
+        n, h, w, cin = x.shape
+        cin_g, filters = kernel.shape[2], kernel.shape[3]
+        groups = cin // cin_g
+        (t, b), (l, r), oh, ow = self.geometry(h, w)
+        xp = self.pad(x)
+        d_kernel = np.zeros(kernel.shape, np.float32)
+        dx = np.empty(x.shape, np.float32)
+        step = max(1, min(n, chunk_rows // max(oh * ow, 1)))
+        if groups == 1:
+            matrix = kernel.reshape(-1, filters)
+        else:
+            grouped = kernel.reshape(kh, kw, cin_g, groups, filters // groups)
+        for s in range(0, n, step):
+            cols = self.columns(xp[s:s + step], oh, ow)
+            m = cols.shape[0]
+            g = dz[s:s + m].reshape(m * oh * ow, filters)
+            if groups == 1:
+                d_kernel += (cols.reshape(-1, kh * kw * cin).T @ g).reshape(kernel.shape)
+                d_cols = (g @ matrix.T).reshape(m, oh, ow, kh, kw, cin)
+            else:
+                split = cols.reshape(m * oh * ow, kh, kw, groups, cin_g)
+                g = g.reshape(-1, groups, filters // groups)
+                d_kernel += np.einsum("nijgc,ngf->ijcgf", split, g, optimize=True).reshape(kernel.shape)
+                d_cols = np.einsum("ngf,ijcgf->nijgc", g, grouped, optimize=True).reshape(m, oh, ow, kh, kw, cin)
+            d_padded = np.zeros((m,) + xp.shape[1:], np.float32)
+            for i in range(kh):
+                for j in range(kw):
+                    d_padded[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw] += \
+                        d_cols[:, :, :, i, j]
+            dx[s:s + m] = d_padded[:, t:t + h, l:l + w]
+        return dx, d_kernel
+
     def patches(self, layer: str, x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, act, act_name: str,
                 rows=None, cols=None, filters=None, stage: str = "") -> Iterator:
         """One `ConvPatch` per (filter, row, col) of sample `x` `(1, h, w, cin)`, filter-major: the
@@ -392,7 +497,30 @@ class Window:
                                     origin=(row * sh - t, col * sw - l), group=group, stage=stage, **geometry)
 
 
-class Conv1D(Layer):
+class ActivatedBackward:
+    """`forward_with_cache` and `backward` for a layer computing `act(pre_activation(x))`: the
+    activation's gradient (reading the cached pre-activation when it needs it), then the layer's
+    `backward_pre_activation`."""
+
+    def forward_with_cache(self, x, mask=None):
+        """The output, and the pre-activation when the activation's gradient needs it."""
+        if not self.weights or not activations.needs_input(self.config.get("activation")):
+            return self.forward(x, mask), None
+        z = self.pre_activation(x)
+        return self.act(z), z
+
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """dL/dx and the weight gradients for dy shaped like the output."""
+        x = as_float32(x)
+        z = cache
+        if z is None and activations.needs_input(self.config.get("activation")):
+            z = self.pre_activation(x)
+        if y is None:
+            y = self.forward(x) if z is None else self.act(z)
+        return self.backward_pre_activation(self.activation_backward(as_float32(dy), z, y), x)
+
+
+class Conv1D(ActivatedBackward, Layer):
     """1-D cross-correlation over time, channels last; `padding` valid, same or causal (left only).
 
     Input shape: `(batch, steps, in_channels)`. Output shape: `(batch, out_steps, filters)`.
@@ -434,6 +562,10 @@ class Conv1D(Layer):
         return self.weights["kernel"][None]
 
     def call(self, x, mask, training):
+        return self.act(self.pre_activation(x))
+
+    def pre_activation(self, x: np.ndarray) -> np.ndarray:
+        """`(batch, steps, in_ch)` → the output before the activation `(batch, out_steps, filters)`."""
         cin = self.weights["kernel"].shape[1] * int(self.config.get("groups", 1))
         self.expect(x, 3, cin, f"(batch, steps, {cin})")
         window = self.window
@@ -443,7 +575,16 @@ class Conv1D(Layer):
         z = window.correlate(as_float32(x)[:, None], self.kernel2d)[:, 0]
         if "bias" in self.weights:
             z += self.weights["bias"]
-        return self.act(z)
+        return z
+
+    def backward_pre_activation(self, dz: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """From dL/d(pre-activation) `dz` `(batch, out_steps, filters)`: dL/dx `(batch, steps,
+        in_ch)`, {kernel `(k, in_ch/groups, filters)`, bias} — the 2-D gradients of one row."""
+        dx, d_kernel = self.window.correlate_backward(as_float32(dz)[:, None], as_float32(x)[:, None], self.kernel2d)
+        grads = {"kernel": d_kernel[0]}
+        if "bias" in self.weights:
+            grads["bias"] = as_float32(dz).sum(axis=(0, 1), dtype=np.float32)
+        return dx[:, 0], grads
 
     def steps(self, x, mask=None, context=None, rows=None, cols=None, filters=None):
         """One `ConvPatch` per (filter, output step) of sample `x` `(1, steps, in_ch)`; patches are
@@ -453,7 +594,7 @@ class Conv1D(Layer):
                                    rows, cols, filters)
 
 
-class DepthwiseConv2D(Layer):
+class DepthwiseConv2D(ActivatedBackward, Layer):
     """Each input channel convolved with its own `depth_multiplier` filters: output channel
     `c·depth_multiplier + m` reads only input channel c (a grouped convolution, one group per channel).
 
@@ -494,12 +635,27 @@ class DepthwiseConv2D(Layer):
         return k.reshape(k.shape[0], k.shape[1], 1, -1)
 
     def call(self, x, mask, training):
+        return self.act(self.pre_activation(x))
+
+    def pre_activation(self, x: np.ndarray) -> np.ndarray:
+        """`(batch, h, w, channels)` → the output before the activation `(batch, out_h, out_w,
+        channels·depth_multiplier)`."""
         cin = self.weights["kernel"].shape[2]
         self.expect(x, 4, cin, f"(batch, height, width, {cin})")
         z = self.window.correlate(x, self.grouped_kernel)
         if "bias" in self.weights:
             z += self.weights["bias"]
-        return self.act(z)
+        return z
+
+    def backward_pre_activation(self, dz: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """From dL/d(pre-activation) `dz` `(batch, out_h, out_w, channels·depth_multiplier)`:
+        dL/dx `(batch, h, w, channels)`, {kernel `(kh, kw, channels, depth_multiplier)`, bias}."""
+        dz = as_float32(dz)
+        dx, d_grouped = self.window.correlate_backward(dz, x, self.grouped_kernel)
+        grads = {"kernel": d_grouped.reshape(self.weights["kernel"].shape)}
+        if "bias" in self.weights:
+            grads["bias"] = dz.sum(axis=(0, 1, 2), dtype=np.float32)
+        return dx, grads
 
     def steps(self, x, mask=None, context=None, rows=None, cols=None, filters=None):
         """One `ConvPatch` per (output channel, row, col): patches `(kh, kw, 1)` of one input channel
@@ -537,12 +693,34 @@ class SeparableConv2D(DepthwiseConv2D):
         return self.window.correlate(x, self.grouped_kernel)
 
     def call(self, x, mask, training):
+        return self.act(self.pre_activation(x))
+
+    def pre_activation(self, x: np.ndarray) -> np.ndarray:
+        """`(batch, h, w, channels)` → the pointwise step's output plus the bias `(batch, out_h,
+        out_w, filters)`, before the activation."""
         d = self.depthwise(x)
         pw = self.weights["pointwise_kernel"][0, 0]
         z = (d.reshape(-1, pw.shape[0]) @ pw).reshape(d.shape[:3] + (pw.shape[1],))
         if "bias" in self.weights:
             z += self.weights["bias"]
-        return self.act(z)
+        return z
+
+    def backward_pre_activation(self, dz: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """From dL/d(pre-activation) `dz` `(batch, out_h, out_w, filters)`: the pointwise kernel's
+        gradient `dᵀ·dz` (d the depthwise output), the depthwise output's `dz·pointwiseᵀ`, then
+        the depthwise step's gradients: dL/dx `(batch, h, w, channels)`, {depthwise_kernel,
+        pointwise_kernel, bias}."""
+        dz = as_float32(dz)
+        d = self.depthwise(as_float32(x))
+        pw = self.weights["pointwise_kernel"][0, 0]                 # (channels·dm, filters)
+        dz2 = dz.reshape(-1, pw.shape[1])
+        d_pointwise = (d.reshape(-1, pw.shape[0]).T @ dz2)[None, None]
+        dx, d_grouped = self.window.correlate_backward((dz2 @ pw.T).reshape(d.shape), x, self.grouped_kernel)
+        grads = {"depthwise_kernel": d_grouped.reshape(self.weights["depthwise_kernel"].shape),
+                 "pointwise_kernel": d_pointwise}
+        if "bias" in self.weights:
+            grads["bias"] = dz2.sum(axis=0, dtype=np.float32)
+        return dx, grads
 
     def steps(self, x, mask=None, context=None, rows=None, cols=None, filters=None, stage: str | None = None):
         """The depthwise step's ConvPatch events (`stage` "depthwise": one per intermediate channel,

@@ -97,6 +97,35 @@ class Dense(Layer):
         if softmax is not None:
             yield softmax
 
+    def backward_steps(self, x, mask=None, dy=None, context=None, dz=None, units=None, top: int = 10):
+        """One `DenseGradient` per unit of sample `x` `(1, in)`: δ, then its `top` largest weight
+        gradients x_i·δ. `dy` is ∂L/∂y `(1, units)`; `dz` (∂L/∂z) replaces it for a final softmax
+        whose loss gives δ directly. A Dense on a sequence has no unit steps."""
+        from nntrace.tracer.events import DenseGradient
+
+        if np.ndim(x) > 2:
+            return
+        x1 = as_float32(x).reshape(-1)
+        name = activations.activation_name(self.config.get("activation"))
+        slopes = None
+        if dz is None:
+            z = self.pre_activation(x.reshape(1, -1))
+            y = self.act(z)
+            delta = self.activation_backward(as_float32(dy).reshape(1, -1), z, y)[0]
+            if name != "softmax":
+                slopes = activations.derivative(activations.gradient(name), z, y)[0]
+        else:
+            delta = as_float32(dz).reshape(-1)
+        has_bias = "bias" in self.weights
+        for u in range(delta.size) if units is None else units:
+            products = x1 * delta[u]
+            order = np.argsort(-np.abs(products), kind="stable")[:top]
+            yield DenseGradient(self.name, unit=u, output_gradient=None if dz is not None else float(dy.reshape(-1)[u]),
+                                slope=None if slopes is None else float(slopes[u]), delta=float(delta[u]),
+                                inputs=order.astype(np.int32), x=x1[order], weight_gradients=products[order],
+                                n_inputs=int(x1.size), bias_gradient=float(delta[u]) if has_bias else None,
+                                activation=name, from_loss=dz is not None)
+
 
 class Flatten(Layer):
     """Row-major flatten of everything after the batch axis: `(batch, h, w, c)` → `(batch, h*w*c)`;
@@ -364,6 +393,33 @@ class ReLU(Layer):
             y = y - np.float32(slope) * negative
         return y
 
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """dL/dx, shaped like `x`, each step of `call` differentiated as TensorFlow does: ReluGrad
+        passes where its output is > 0, Relu6Grad where 0 < x < 6, the `where` above `threshold`
+        where x > threshold, the clip to max_value (Minimum, then Maximum) where 0 ≤ value ≤
+        max_value; the negative part adds `negative_slope·dy` where `threshold − x > 0`; the plain
+        leaky case is LeakyReluGrad (`negative_slope·dy` where x ≤ 0)."""
+        x, dy = as_float32(x), as_float32(dy)
+        slope, top, threshold = (self.config.get(k) for k in ("negative_slope", "max_value", "threshold"))
+        slope, threshold = float(slope or 0.0), float(threshold or 0.0)
+        if slope and top is None and not threshold:
+            return activations.leaky_relu_grad(dy, x, None, slope), {}
+        clip = top is not None
+        if threshold:
+            passed = x > np.float32(threshold)
+            value = np.where(passed, x, np.float32(0))
+        elif top == 6:
+            passed, clip = (x > 0) & (x < 6), False
+        else:
+            value = activations.relu(x)
+            passed = value > 0
+        if clip:
+            passed &= (value >= 0) & (value <= np.float32(top))
+        dx = np.multiply(dy, passed, dtype=np.float32)
+        if slope:
+            dx += np.float32(slope) * np.multiply(dy, activations.relu(threshold - x) > 0, dtype=np.float32)
+        return dx, {}
+
     def steps(self, x, mask=None, context=None):
         """One `ActivationStep`: the sample's input and output."""
         from nntrace.tracer.events import ActivationStep
@@ -385,6 +441,11 @@ class LeakyReLU(Layer):
     def call(self, x, mask, training):
         return activations.leaky_relu(as_float32(x), float(self.config["negative_slope"]))
 
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """LeakyReluGrad: dy where x > 0, `negative_slope·dy` elsewhere."""
+        return activations.leaky_relu_grad(as_float32(dy), as_float32(x), None,
+                                           float(self.config["negative_slope"])), {}
+
     def steps(self, x, mask=None, context=None):
         """One `ActivationStep`: the sample's input and output."""
         from nntrace.tracer.events import ActivationStep
@@ -402,6 +463,15 @@ class ELU(Layer):
 
     def call(self, x, mask, training):
         return activations.elu(as_float32(x), float(self.config["alpha"]))
+
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """As TensorFlow differentiates Keras's `where(x > 0, elu(x), alpha·elu(x))`: the `where`
+        scales dy by alpha where x ≤ 0, then EluGrad multiplies by `elu(x) + 1` where elu(x) < 0."""
+        x, dy = as_float32(x), as_float32(dy)
+        alpha = np.float32(self.config["alpha"])
+        unit = activations.elu(x, 1.0)  # tf.nn.elu(x)
+        d_unit = dy if alpha == 1 else np.where(x > 0, dy, alpha * dy)
+        return activations.elu_grad(d_unit, x, unit), {}
 
     def steps(self, x, mask=None, context=None):
         """One `ActivationStep`: the sample's input and output."""
@@ -438,6 +508,17 @@ class PReLU(Layer):
         x = as_float32(x)
         return activations.relu(x) + -alpha * activations.relu(-x)
 
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """dL/dx = dy where x > 0, `alpha·dy` where x < 0 (0 at 0: both ReluGrads stop there);
+        {alpha: −Σ dy·relu(−x)} summed over the batch and the `shared_axes` (alpha's size-1 axes)."""
+        x, dy = as_float32(x), as_float32(dy)
+        alpha = self.weights["alpha"]
+        negative = activations.relu(-x)
+        dx = np.multiply(dy, x > 0, dtype=np.float32) + np.multiply(alpha * dy, negative > 0, dtype=np.float32)
+        shared = (0,) + tuple(k + 1 for k, (a, n) in enumerate(zip(alpha.shape, x.shape[1:])) if a == 1 and n != 1)
+        d_alpha = -(dy * negative).sum(axis=shared, keepdims=True, dtype=np.float32)[0]
+        return dx, {"alpha": d_alpha.reshape(alpha.shape)}
+
     def steps(self, x, mask=None, context=None):
         """One `ActivationStep`: the sample's input and output, and the slopes."""
         from nntrace.tracer.events import ActivationStep
@@ -458,6 +539,11 @@ class Masking(Layer):
         self.expect(x, None, None, "(batch, steps, ...)")
         keep = (x != np.float32(self.config["mask_value"])).any(axis=-1, keepdims=True)
         return np.where(keep, as_float32(x), np.float32(0))
+
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """dL/dx `(batch, steps, ...)`: dy where the step is kept, 0 on padding steps (they became 0)."""
+        keep = (np.asarray(x) != np.float32(self.config["mask_value"])).any(axis=-1, keepdims=True)
+        return np.where(keep, as_float32(dy), np.float32(0)), {}
 
     def compute_mask(self, x, mask):
         return (np.asarray(x) != np.float32(self.config["mask_value"])).any(axis=-1)

@@ -56,6 +56,18 @@ class Merge(Layer):
         """(the operands as the merge combines them, the result)."""
         raise NotImplementedError
 
+    # -- backward -------------------------------------------------------------------------------
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """dL/d(each input), a tuple shaped like the inputs `x`, for dy shaped like the output; no
+        weights. Masks change the gradient only where they change the forward values."""
+        xs = self.inputs(x)
+        grads = self.merge_backward(as_float32(np.asarray(dy)), xs, self.masks_of(x, mask))
+        return tuple(g.astype(np.float32, copy=False) for g in grads), {}
+
+    def merge_backward(self, dy: np.ndarray, xs: list[np.ndarray], masks: list) -> list[np.ndarray]:
+        """The gradient of each operand in `xs` (float32, their own shapes)."""
+        raise NotImplementedError
+
     def steps(self, x, mask=None, context=None):
         """One `MergeStep` for sample `x` (a tuple of `(1, ...)` arrays): its operands and result."""
         from nntrace.tracer.events import MergeStep
@@ -103,6 +115,27 @@ class ElementwiseMerge(Merge):
             out = self.fold(out, v)
         return xs, out
 
+    @staticmethod
+    def sum_to(g: np.ndarray, shape: tuple) -> np.ndarray:
+        """`g` summed over the axes along which an operand of `shape` was broadcast to `g`'s shape."""
+        lead = g.ndim - len(shape)
+        axes = tuple(range(lead)) + tuple(lead + k for k, n in enumerate(shape) if n == 1 and g.shape[lead + k] != 1)
+        return (g.sum(axis=axes, dtype=np.float32) if axes else g).reshape(shape)
+
+    def unaligned(self, grads: list[np.ndarray], xs: list[np.ndarray]) -> list[np.ndarray]:
+        """Gradients of the aligned operands back to each input's own shape (the broadcast axes
+        summed, the axes `aligned` inserted removed)."""
+        aligned, _ = self.aligned(xs, [None] * len(xs))
+        return [self.sum_to(np.broadcast_to(g, np.broadcast_shapes(g.shape, a.shape)), a.shape).reshape(v.shape)
+                for g, a, v in zip(grads, aligned, xs)]
+
+    def merge_backward(self, dy, xs, masks):
+        return self.unaligned(self.fold_backward(dy, len(xs)), xs)
+
+    def fold_backward(self, dy: np.ndarray, n: int) -> list[np.ndarray]:
+        """The gradient of each of the `n` operands of a merge linear in them."""
+        raise NotImplementedError
+
 
 class Add(ElementwiseMerge):
     """`x0 + x1 + …` (summed left to right, as Keras does)."""
@@ -111,6 +144,9 @@ class Add(ElementwiseMerge):
 
     def fold(self, a, b):
         return a + b
+
+    def fold_backward(self, dy, n):
+        return [dy] * n
 
 
 class Subtract(ElementwiseMerge):
@@ -121,6 +157,9 @@ class Subtract(ElementwiseMerge):
 
     def fold(self, a, b):
         return a - b
+
+    def fold_backward(self, dy, n):
+        return [dy, -dy]
 
 
 class Average(ElementwiseMerge):
@@ -134,6 +173,9 @@ class Average(ElementwiseMerge):
     def merge(self, xs, masks):
         xs, total = super().merge(xs, masks)
         return xs, total / np.float32(len(xs))
+
+    def fold_backward(self, dy, n):
+        return [dy / np.float32(n)] * n
 
 
 class Multiply(ElementwiseMerge):
@@ -152,6 +194,27 @@ class Multiply(ElementwiseMerge):
             keep = self.spread(self.compute_mask(xs, masks), out.shape)
             out = np.where(keep, out, np.float32(0))
         return used, out
+
+    def merge_backward(self, dy, xs, masks):
+        """Back through the product chain `((u0·u1)·u2)…` as TensorFlow's Mul gradients go (each
+        factor gets the gradient times the product before it, or of those after it); a masked
+        position of an input (a 1 in the product) and a position masked everywhere get 0."""
+        used, out = self.merge(xs, masks)
+        aligned, masks = self.aligned(xs, masks)
+        partial = [used[0]]
+        for v in used[1:-1]:
+            partial.append(partial[-1] * v)
+        g = dy
+        if all(m is not None for m in masks):
+            g = np.where(self.spread(self.compute_mask(aligned, masks), out.shape), g, np.float32(0))
+        grads: list = [None] * len(used)
+        for k in range(len(used) - 1, 0, -1):
+            grads[k] = g * partial[k - 1]
+            g = g * used[k]
+        grads[0] = g
+        grads = [gk if m is None else np.where(self.spread(m, v.shape), gk, np.float32(0))
+                 for gk, m, v in zip(grads, masks, aligned)]
+        return self.unaligned(grads, xs)
 
 
 class Maximum(ElementwiseMerge):
@@ -174,6 +237,39 @@ class Maximum(ElementwiseMerge):
         # Each operand as it counts: a masked position holds the result, so max(operands) == result.
         used = [v if m is None else np.where(self.spread(m, v.shape), v, out) for v, m in zip(xs, masks)]
         return used, out
+
+    def merge_backward(self, dy, xs, masks):
+        """Back through `merge`'s steps in reverse: each `maximum(out, v)` (`minimum`) sends the
+        gradient to `out` where `out >= v` (`<=`: ties go to the first operand, as TensorFlow's
+        Maximum/Minimum gradients do) and to `v` elsewhere; each `where` sends it to the operand it
+        took."""
+        aligned, masks = self.aligned(xs, masks)
+        prefer = np.greater_equal if self.reduce is np.maximum else np.less_equal
+        out, out_mask = aligned[0], self.spread(masks[0], aligned[0].shape)
+        tape = []  # per step: (the input's mask, the running mask, where the running result won)
+        for v, m in zip(aligned[1:], masks[1:]):
+            m = self.spread(m, v.shape)
+            if m is not None:
+                v = np.where(m, v, out)
+            if out_mask is not None:
+                out = np.where(out_mask, out, v)
+            tape.append((m, out_mask, prefer(out, v)))
+            out_mask = out_mask | m if (m is not None and out_mask is not None) else None
+            out = self.reduce(out, v)
+        zero = np.float32(0)
+        g, grads = dy, [None] * len(aligned)
+        for k in range(len(tape), 0, -1):
+            m, om, won = tape[k - 1]
+            g_out, g_v = np.where(won, g, zero), np.where(won, zero, g)
+            if om is not None:
+                g_v = g_v + np.where(om, zero, g_out)
+                g_out = np.where(om, g_out, zero)
+            if m is not None:
+                g_out = g_out + np.where(m, zero, g_v)
+                g_v = np.where(m, g_v, zero)
+            grads[k], g = g_v, g_out
+        grads[0] = g
+        return self.unaligned(grads, xs)
 
 
 class Minimum(Maximum):
@@ -220,6 +316,12 @@ class Concatenate(Merge):
             else:
                 full.append(m)
         return np.concatenate(full, axis=int(self.config.get("axis", -1))).any(axis=-1)
+
+    def merge_backward(self, dy, xs, masks):
+        """dy split back along `axis` into each input's slice."""
+        self.merge(xs, masks)  # the same shape checks as the forward pass
+        axis = int(self.config.get("axis", -1)) % xs[0].ndim
+        return np.split(dy, np.cumsum([v.shape[axis] for v in xs])[:-1], axis=axis)
 
     def step_fields(self, x):
         return {"axis": int(self.config.get("axis", -1)) % np.ndim(x[0]) - 1}
@@ -277,6 +379,33 @@ class Dot(Merge):
         if out.ndim == 1:
             out = out[:, None]
         return [x, y], out
+
+    def merge_backward(self, dy, xs, masks):
+        """The batched matrix product's gradients `dy·yᵀ` and `xᵀ·dy`, moved back to each input's
+        axes, then through the normalisation when `normalize`."""
+        (x, y), _ = self.merge(xs, masks)
+        a0, a1 = self.axes_for(xs)
+        xt, yt = np.moveaxis(x, a0, -1), np.moveaxis(y, a1, 1)
+        n, k = x.shape[0], x.shape[a0]
+        xm, ym = xt.reshape(n, -1, k), yt.reshape(n, k, -1)
+        g = dy.reshape(n, xm.shape[1], ym.shape[2])
+        dx = np.moveaxis((g @ ym.transpose(0, 2, 1)).reshape(xt.shape), -1, a0)
+        d_y = np.moveaxis((xm.transpose(0, 2, 1) @ g).reshape(yt.shape), 1, a1)
+        if self.config.get("normalize", False):
+            dx, d_y = self.normalized_backward(dx, xs[0], a0), self.normalized_backward(d_y, xs[1], a1)
+        return [dx, d_y]
+
+    def normalized_backward(self, g: np.ndarray, v: np.ndarray, axis: int) -> np.ndarray:
+        """dL/dv of `normalized(v)` = `v·min(rsqrt(Σv²), 1/ε)` from its gradient `g`, as TensorFlow
+        differentiates it: Minimum passes to the inverse norm where it is ≤ 1/ε, Rsqrt's gradient is
+        `−½·inv³`. (An all-zero `v`, NaN in TensorFlow, gets `g/ε` here.)"""
+        s = np.sum(np.square(v), axis=axis, keepdims=True)
+        cap = np.float32(1 / self.EPSILON)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            inv = np.float32(1) / np.sqrt(s)
+            d_inv = np.sum(g * v, axis=axis, keepdims=True, dtype=np.float32)
+            d_s = np.where(inv <= cap, d_inv * np.float32(-0.5) * inv * inv * inv, np.float32(0))
+        return g * np.minimum(inv, cap) + d_s * np.float32(2) * v
 
     def compute_mask(self, x, mask):
         return None

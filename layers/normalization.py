@@ -144,6 +144,33 @@ class LayerNormalization(Layer):
             shift = shift + beta
         return x * inv + shift
 
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """dL/dx `(batch, ...)` and {gamma, beta} (each the input's sizes on `axis`) for dy shaped
+        like x. With x̂ = (x − mean)·inv, inv = 1/√(variance + ε) over the N normalised values and
+        g = dy·γ: dL/dx = inv·(g − mean(g) − x̂·mean(g·x̂)); γ gets Σ dy·x̂ and β Σ dy over the other
+        axes. With `rms_scaling` (y = x·inv·γ): dL/dx = inv·g − inv³·mean(g·x)·(x − mean)."""
+        self.expect(x, None, None, "(batch, ...)")
+        x, dy = as_float32(x), as_float32(dy)
+        mean, variance, gamma, _ = self.statistics(x)
+        axes = self.axes(x.ndim)
+        others = tuple(a for a in range(x.ndim) if a not in axes)
+        inv = (1 / np.sqrt(variance + np.float32(self.config.get("epsilon", 1e-3)))).astype(np.float32)
+        centred = x - mean
+        g = dy if gamma is None else dy * gamma
+        grads = {}
+        if self.config.get("rms_scaling", False):
+            dx = g * inv - inv ** 3 * (g * x).mean(axis=axes, keepdims=True) * centred
+            if gamma is not None:
+                grads["gamma"] = (dy * x * inv).sum(axis=others, dtype=np.float32).reshape(self.weights["gamma"].shape)
+            return dx.astype(np.float32), grads
+        normed = centred * inv
+        dx = inv * (g - g.mean(axis=axes, keepdims=True) - normed * (g * normed).mean(axis=axes, keepdims=True))
+        if gamma is not None:
+            grads["gamma"] = (dy * normed).sum(axis=others, dtype=np.float32).reshape(self.weights["gamma"].shape)
+        if "beta" in self.weights:
+            grads["beta"] = dy.sum(axis=others, dtype=np.float32).reshape(self.weights["beta"].shape)
+        return dx.astype(np.float32), grads
+
     def steps(self, x, mask=None, context=None, positions=None):
         """One `NormalizeStep` per normalised group of sample `x` (a position of the other axes, in
         row-major order; `positions` keeps those indices)."""

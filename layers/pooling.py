@@ -90,6 +90,22 @@ class Pooling2D(Layer):
                                      else "average", window=window.copy(), real=is_real, winner=winner,
                                      value=value, origin=(r * sh - t, c * sw - l), **geometry)
 
+    def backward_steps(self, x, mask=None, dy=None, context=None, rows=None, cols=None, channels=None):
+        """One `PoolRouting` per (channel, row, col) of sample `x` `(1, h, w, c)` for ∂L/∂y `dy`
+        `(1, out_h, out_w, c)`: where the window's gradient goes (the windows of `steps`)."""
+        from nntrace.tracer.events import PoolRouting
+
+        dy = as_float32(dy)
+        for e in self.steps(x, mask, context, rows=rows, cols=cols, channels=channels):
+            g = dy[0, e.row, e.col, e.channel]
+            routed = np.zeros(e.window.shape, np.float32)
+            if e.winner is not None:
+                routed[tuple(e.winner)] = g
+            else:
+                routed[e.real] = g / np.float32(e.real.sum())
+            yield PoolRouting(self.name, row=e.row, col=e.col, channel=e.channel, mode=e.mode, window=e.window,
+                              real=e.real, winner=e.winner, output_gradient=float(g), routed=routed, origin=e.origin)
+
 
     def backward(self, dy, x, mask=None, y=None, cache=None):
         """dL/dx `(batch, h, w, c)` for dy `(batch, out_h, out_w, c)`; no weights.
@@ -232,6 +248,17 @@ class GlobalPooling1D(Layer):
         x = as_float32(x)
         return x.max(axis=1, keepdims=keep) if self.reduce == "max" else x.mean(axis=1, keepdims=keep)
 
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """dL/dx `(batch, steps, c)` for dy `(batch, c)` (or `(batch, 1, c)`): the mean shares it
+        over every step; the max over every step holding the maximum, split equally on ties (the
+        gradient of TensorFlow's reduce_max). A mask changes nothing here (Keras ignores it)."""
+        x = as_float32(x)
+        dy = as_float32(dy).reshape(x.shape[0], 1, x.shape[2])
+        if self.reduce == "mean":
+            return np.broadcast_to(dy / np.float32(x.shape[1]), x.shape).copy(), {}
+        winners = x == x.max(axis=1, keepdims=True)
+        return winners * (dy / winners.sum(axis=1, keepdims=True, dtype=np.float32)), {}
+
 
 class GlobalMaxPooling1D(GlobalPooling1D):
     """Maximum over time; like Keras it ignores (and drops) a mask."""
@@ -254,6 +281,18 @@ class GlobalAveragePooling1D(GlobalPooling1D):
         total = np.where(keep, as_float32(x), np.float32(0)).sum(axis=1, keepdims=True)
         out = total / keep.sum(axis=1, keepdims=True).astype(np.float32)
         return out if self.config.get("keepdims", False) else out[:, 0]
+
+    def backward(self, dy, x, mask=None, y=None, cache=None):
+        """With a mask: dL/dx `(batch, steps, c)` is dy shared equally by the unmasked steps, 0 at
+        the masked ones (a sample with every step masked gets 0, as TensorFlow's `where` gives)."""
+        if mask is None:
+            return super().backward(dy, x, mask, y, cache)
+        x = as_float32(x)
+        keep = np.asarray(mask, bool)[:, :, None]
+        count = keep.sum(axis=1, keepdims=True).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = as_float32(dy).reshape(x.shape[0], 1, x.shape[2]) / count
+        return np.where(keep, share, np.float32(0)), {}
 
     def compute_mask(self, x, mask):
         return None

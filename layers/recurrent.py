@@ -165,6 +165,8 @@ class GRUCell:
     activation: Callable[[np.ndarray], np.ndarray]
     recurrent_activation: Callable[[np.ndarray], np.ndarray]
     reset_after: bool = True
+    activation_grad: activations.Gradient = activations.tanh_grad
+    recurrent_activation_grad: activations.Gradient = activations.sigmoid_grad
 
     n_states = 1
 
@@ -199,6 +201,71 @@ class GRUCell:
         p = self.parts(x_proj, h_prev)
         h = p["z"] * h_prev + (1 - p["z"]) * p["h_tilde"]
         return h, [h]
+
+    def step_cached(self, x_proj: np.ndarray, states: Sequence[np.ndarray]):
+        """`step`, plus what `step_backward` needs: (h_prev, z, r, h̃, the candidate's recurrent
+        input — `h·U_h + rb_h` with `reset_after`, else `r ⊙ h` — and the slopes of z, r, h̃ with
+        respect to their pre-activations `(batch, 3*units)`)."""
+        h_prev = states[0]
+        u = self.units
+        if self.reset_after:
+            inner = h_prev @ self.recurrent_kernel
+            if self.recurrent_bias is not None:
+                inner += self.recurrent_bias
+            a_zr = x_proj[:, :2 * u] + inner[:, :2 * u]
+            gated = self.recurrent_activation(a_zr)
+            r = gated[:, u:]
+            h_in = inner[:, 2 * u:]
+            a_h = x_proj[:, 2 * u:] + r * h_in
+        else:
+            a_zr = x_proj[:, :2 * u] + h_prev @ self.recurrent_kernel[:, :2 * u]
+            gated = self.recurrent_activation(a_zr)
+            r = gated[:, u:]
+            h_in = r * h_prev
+            a_h = x_proj[:, 2 * u:] + h_in @ self.recurrent_kernel[:, 2 * u:]
+        z = gated[:, :u]
+        h_tilde = self.activation(a_h)
+        h = z * h_prev + (1 - z) * h_tilde
+        slopes = np.concatenate([activations.derivative(self.recurrent_activation_grad, a_zr, gated),
+                                 activations.derivative(self.activation_grad, a_h, h_tilde)], axis=1)
+        return h, [h], (h_prev, z, r, h_tilde, h_in, slopes)
+
+    def step_backward(self, cache: tuple, d_out: np.ndarray, d_states: Sequence[np.ndarray]):
+        """Gradients of one step: (dL/d(x_proj) `(batch, 3*units)` in gate order z, r, h, [dL/dh_prev])
+        from dL/d(output h) and dL/d(new h). `h = z·h_prev + (1 − z)·h̃`."""
+        h_prev, z, r, h_tilde, h_in, slopes = cache
+        u = self.units
+        dh = d_out + d_states[0]
+        da_h = dh * (1 - z) * slopes[:, 2 * u:]
+        da_z = dh * (h_prev - h_tilde) * slopes[:, :u]
+        if self.reset_after:  # a_h = x_h + r·(h·U_h + rb_h)
+            da_r = da_h * h_in * slopes[:, u:2 * u]
+            dz = np.concatenate([da_z, da_r, da_h], axis=1)
+            d_h_prev = dh * z + np.concatenate([da_z, da_r, da_h * r], axis=1) @ self.recurrent_kernel.T
+        else:  # a_h = x_h + (r·h)·U_h
+            d_rh = da_h @ self.recurrent_kernel[:, 2 * u:].T
+            da_r = d_rh * h_prev * slopes[:, u:2 * u]
+            dz = np.concatenate([da_z, da_r, da_h], axis=1)
+            d_h_prev = dh * z + d_rh * r + dz[:, :2 * u] @ self.recurrent_kernel[:, :2 * u].T
+        return dz, [d_h_prev]
+
+    def recurrent_weight_gradients(self, tape: list, dz: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(dL/d(recurrent_kernel) `(units, 3*units)`, dL/d(recurrent_bias) `(3*units,)` or None)
+        from the scan's tape and each step's dL/d(x_proj) `dz` `(batch, timesteps, 3*units)` in
+        processing order (zero where a step did not happen)."""
+        u = self.units
+        rows = dz.reshape(-1, 3 * u)
+        if not len(tape):
+            return np.zeros_like(self.recurrent_kernel), None if self.recurrent_bias is None else \
+                np.zeros_like(self.recurrent_bias)
+        h_prev = np.stack([cache[0] for _, cache in tape], axis=1).reshape(-1, u)
+        if self.reset_after:  # the recurrent part of h̃'s pre-activation is r·(h·U_h + rb_h)
+            r = np.stack([cache[2] for _, cache in tape], axis=1).reshape(-1, u)
+            d_inner = np.concatenate([rows[:, :2 * u], rows[:, 2 * u:] * r], axis=1)
+            d_bias = d_inner.sum(axis=0, dtype=np.float32) if self.recurrent_bias is not None else None
+            return h_prev.T @ d_inner, d_bias
+        h_in = np.stack([cache[4] for _, cache in tape], axis=1).reshape(-1, u)  # r·h
+        return np.concatenate([h_prev.T @ rows[:, :2 * u], h_in.T @ rows[:, 2 * u:]], axis=1), None
 
     def explain(self, x_t: np.ndarray, states: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """The gates of one step for `x_t` `(batch, features)` and their parts, each `(batch, 3, units)`
@@ -277,7 +344,8 @@ def scan(cell, x_proj: np.ndarray, mask: np.ndarray | None = None, go_backwards:
 
 
 def scan_backward(cell, tape: list, d_outputs: np.ndarray, mask: np.ndarray | None = None,
-                  go_backwards: bool = False, zero_output_for_mask: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  go_backwards: bool = False, zero_output_for_mask: bool = False,
+                  record: list | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Backpropagation through time: the scan of `scan_steps` run in reverse.
 
     Args:
@@ -287,10 +355,14 @@ def scan_backward(cell, tape: list, d_outputs: np.ndarray, mask: np.ndarray | No
         mask, go_backwards, zero_output_for_mask: as in the forward scan.
     Returns:
         (dL/dz `(batch, timesteps, gates*units)` in input time order — the gradient of each
-        step's `x_proj`, zero at masked steps — and dL/d(recurrent_kernel)).
+        step's `x_proj`, zero at masked steps — and dL/d(recurrent_kernel); for a cell with
+        `recurrent_weight_gradients` (GRU), what that returns).
 
     A masked step copied the states and (unless `zero_output_for_mask`) the previous output, so
     their gradients pass through it unchanged and the step's own computation gets nothing.
+    A `record` list receives one `(k, t, d_out, d_states_in, d_states_out, dz or None)` per
+    processing step, last step first: the output's gradient, the states' gradients arriving from
+    step k + 1 and those passed on to step k − 1 (for the backward trace).
     """
     batch, steps = d_outputs.shape[:2]
     zeros = np.zeros((batch, cell.units), np.float32)
@@ -302,20 +374,28 @@ def scan_backward(cell, tape: list, d_outputs: np.ndarray, mask: np.ndarray | No
         t = steps - 1 - k if go_backwards else k
         d_out = d_outputs[:, k] + d_carry
         stepped = None if mask is None else mask[:, t]
+        d_in = d_states
         if stepped is not None and not stepped.any():  # no sequence stepped: everything passes through
             d_carry = zeros if zero_output_for_mask else d_out
+            if record is not None:
+                record.append((k, t, d_out, d_in, d_states, None))
             continue
         h_prev[:, k], cache = tape[k]
         if stepped is None or stepped.all():
             d_carry = zeros
             dz[:, k], d_states = cell.step_backward(cache, d_out, d_states)
-            continue
-        took = stepped[:, None].astype(np.float32)  # 1 where the step happened, 0 where it copied
-        kept = 1 - took
-        d_carry = zeros if zero_output_for_mask else d_out * kept
-        dz[:, k], d_new = cell.step_backward(cache, d_out * took, [d * took for d in d_states])
-        d_states = [new + d * kept for new, d in zip(d_new, d_states)]
-    d_recurrent_kernel = h_prev.reshape(-1, cell.units).T @ dz.reshape(batch * steps, -1)
+        else:
+            took = stepped[:, None].astype(np.float32)  # 1 where the step happened, 0 where it copied
+            kept = 1 - took
+            d_carry = zeros if zero_output_for_mask else d_out * kept
+            dz[:, k], d_new = cell.step_backward(cache, d_out * took, [d * took for d in d_states])
+            d_states = [new + d * kept for new, d in zip(d_new, d_states)]
+        if record is not None:
+            record.append((k, t, d_out, d_in, d_states, dz[:, k].copy()))
+    if hasattr(cell, "recurrent_weight_gradients"):  # a recurrent part other than h_prev @ U (GRU)
+        d_recurrent_kernel = cell.recurrent_weight_gradients(tape, dz)
+    else:
+        d_recurrent_kernel = h_prev.reshape(-1, cell.units).T @ dz.reshape(batch * steps, -1)
     return (dz[:, ::-1] if go_backwards else dz), d_recurrent_kernel
 
 
@@ -445,6 +525,59 @@ class Recurrent(Layer):
             else:
                 yield RNNStep(self.name, **parts, **common)
 
+    def backward_steps(self, x, mask=None, dy=None, context=None, times=None, direction: str = "forward"):
+        """One `RecurrentGradient` per time step of sample `x` `(1, timesteps, features)` for ∂L/∂y
+        `dy` (`(1, units)`, or `(1, timesteps, units)` in processing order with
+        `return_sequences`), in the order backpropagation through time visits them (the last
+        processed step first); `times` keeps only those input-order indices."""
+        from nntrace.tracer.events import RecurrentGradient
+
+        if not hasattr(self.cell, "step_backward"):
+            return
+        x = as_float32(x)
+        tape = self.forward_with_cache(x, mask)[1]
+        dy = as_float32(dy)
+        steps = x.shape[1]
+        if self.config.get("return_sequences", False):
+            d_outputs = dy
+        else:
+            d_outputs = np.zeros((1, steps, self.cell.units), np.float32)
+            if steps:
+                d_outputs[:, -1] = dy
+        record: list = []
+        scan_backward(self.cell, tape, d_outputs, None if mask is None else np.asarray(mask, bool),
+                      bool(self.config.get("go_backwards", False)),
+                      bool(self.config.get("zero_output_for_mask", False)), record)
+        kind = {LSTMCell: "lstm", SimpleRNNCell: "simple_rnn", GRUCell: "gru"}.get(type(self.cell), "rnn")
+        u = self.cell.units
+        for k, t, d_out, d_in, d_new, dz in record:
+            if times is not None and t not in times:
+                continue
+            dh_next = d_in[0][0]
+            common = dict(direction=direction, step=k, time=t, cell=kind, dh_out=d_out[0], dh_next=dh_next,
+                          dh_prev=d_new[0][0])
+            if dz is None:  # masked: the state gradients passed through unchanged
+                extra = {"dc_next": d_in[1][0], "dc_prev": d_new[1][0]} if kind == "lstm" else {}
+                yield RecurrentGradient(self.name, dh=dh_next, norm=float(np.linalg.norm(dh_next)), masked=True,
+                                        **common, **extra)
+                continue
+            dh = d_out[0] + dh_next
+            gates = dz.shape[-1] // u
+            extra = {}
+            cache = tape[k][1]
+            if kind == "lstm":
+                c_prev, i, f, g, o, c, c_act, slopes = cache
+                dc = d_in[1] + self.cell.activation_grad((d_out + d_in[0]) * o, c, c_act)
+                extra = dict(gates=np.stack([i[0], f[0], g[0], o[0]]), slopes=slopes[0].reshape(gates, u),
+                             dc_next=d_in[1][0], dc=dc[0], c_prev=c_prev[0], c=c[0], c_act=c_act[0],
+                             c_slope=activations.derivative(self.cell.activation_grad, c, c_act)[0],
+                             dc_prev=d_new[1][0])
+            elif kind == "simple_rnn":
+                _, z, h = cache
+                extra = dict(gates=h[0][None], slopes=activations.derivative(self.cell.activation_grad, z, h)[0][None])
+            yield RecurrentGradient(self.name, dh=dh, dz=dz[0].reshape(gates, u), norm=float(np.linalg.norm(dh)),
+                                    **common, **extra)
+
     def compute_mask(self, x, mask):
         return mask if self.config.get("return_sequences", False) else None
 
@@ -486,11 +619,31 @@ class GRU(Recurrent):
             shapes["bias"] = (2, 3 * self.config["units"])
         return shapes
 
-    def forward_with_cache(self, x, mask=None):
-        return self.forward(x, mask), None
-
     def backward(self, dy, x, mask=None, y=None, cache=None):
-        self.unsupported("has no backward pass yet")
+        """dL/dx `(batch, timesteps, features)` and {kernel, recurrent_kernel, bias} for dy
+        `(batch, units)` or, with `return_sequences`, `(batch, timesteps, units)` (processing order);
+        with `reset_after` the bias gradient is `(2, 3u)`: the input bias's row, then the recurrent
+        bias's (the sum of each step's gradient of `h·U + rb`, whose candidate block is scaled by r)."""
+        x = as_float32(x)
+        tape = self.forward_with_cache(x, mask)[1] if cache is None else cache
+        dy = as_float32(dy)
+        batch, steps = x.shape[:2]
+        if self.config.get("return_sequences", False):
+            d_outputs = dy
+        else:
+            d_outputs = np.zeros((batch, steps, self.cell.units), np.float32)
+            if steps:
+                d_outputs[:, -1] = dy
+        kernel = self.weights["kernel"]
+        dz, (d_recurrent_kernel, d_recurrent_bias) = scan_backward(
+            self.cell, tape, d_outputs, None if mask is None else np.asarray(mask, bool),
+            bool(self.config.get("go_backwards", False)), bool(self.config.get("zero_output_for_mask", False)))
+        dz_rows = dz.reshape(-1, kernel.shape[1])
+        grads = {"kernel": x.reshape(-1, kernel.shape[0]).T @ dz_rows, "recurrent_kernel": d_recurrent_kernel}
+        if "bias" in self.weights:
+            d_bias = dz_rows.sum(axis=0, dtype=np.float32)
+            grads["bias"] = d_bias if d_recurrent_bias is None else np.stack([d_bias, d_recurrent_bias])
+        return (dz_rows @ kernel.T).reshape(x.shape), grads
 
     def make_cell(self):
         bias = self.weights.get("bias")
@@ -498,7 +651,8 @@ class GRU(Recurrent):
         return GRUCell(self.weights["kernel"], self.weights["recurrent_kernel"],
                        bias[0] if bias is not None and reset_after else bias,
                        bias[1] if bias is not None and reset_after else None,
-                       self.activation_fn(), self.activation_fn("recurrent_activation"), reset_after)
+                       self.activation_fn(), self.activation_fn("recurrent_activation"), reset_after,
+                       self.gradient_fn(), self.gradient_fn("recurrent_activation"))
 
 
 RECURRENT_LAYERS: dict[str, type[Recurrent]] = {"SimpleRNN": SimpleRNN, "LSTM": LSTM, "GRU": GRU}
@@ -641,6 +795,17 @@ class Bidirectional(Layer):
         merged = self.merge(y, y_rev)
         yield BidirectionalMerge(self.name, merge_mode=str(self.config["merge_mode"]), forward=y[0], backward=y_rev[0],
                                  merged=None if isinstance(merged, tuple) else merged[0])
+
+    def backward_steps(self, x, mask=None, dy=None, context=None, times=None):
+        """Both sweeps' `RecurrentGradient` steps for ∂L/∂y `dy` shaped like the merged output:
+        the forward sweep's (its last step first), then the backward sweep's."""
+        y_fwd, y_rev = self.directions(as_float32(x), mask)
+        d_fwd, d_rev = self.split_gradient(dy, y_fwd, y_rev)
+        if self.return_sequences:
+            d_rev = d_rev[:, ::-1]  # the backward layer's processing order
+        for layer, d, direction in ((self.forward_layer, d_fwd, "forward"), (self.backward_layer, d_rev, "backward")):
+            for step in layer.backward_steps(x, mask, d, context, times=times, direction=direction):
+                yield replace(step, layer=self.name)
 
     def compute_mask(self, x, mask):
         return mask if self.return_sequences else None

@@ -30,6 +30,8 @@ from nntrace.layers.errors import NNTraceError
 LESSON_DIR = Path(__file__).resolve().parent
 MAX_TRIES = 3
 KINDS = ("compute", "predict")
+#: The shipped models a lesson can name.
+MODELS = ("cnn", "rnn", "lstm", "gru", "attention")
 #: Open tasks: a sentence that flips the prediction; the unit and token where the forget gate closes
 #: most (the lowest f of the sweep); the patch where a filter fires most.
 TASKS = ("flip_prediction", "forget_closes", "max_patch")
@@ -72,7 +74,7 @@ class Step:
 class Lesson:
     number: int
     title: str
-    model: str                       # cnn | rnn | lstm
+    model: str                       # one of MODELS
     input: dict
     steps: list[Step]
     path: Path
@@ -116,8 +118,8 @@ def parse_lesson(path: Path) -> Lesson:
     for key in ("title", "model", "steps"):
         if key not in data:
             raise fail(path, None, f"missing '{key}'")
-    if data["model"] not in ("cnn", "rnn", "lstm"):
-        raise fail(path, None, f"model must be cnn, rnn or lstm, got '{data['model']}'")
+    if data["model"] not in MODELS:
+        raise fail(path, None, f"model must be one of {', '.join(MODELS)}, got '{data['model']}'")
     steps = []
     for i, raw in enumerate(data["steps"]):
         unknown = set(raw) - {"text", "goto", "question", "task", "report"}
@@ -207,7 +209,7 @@ def step_matches(event, at: dict, trace, layer: str) -> bool:
                 return False
         elif key == "token":
             tokens = trace.context.get("tokens") or []
-            t = getattr(event, "time", getattr(event, "position", None))
+            t = getattr(event, "time", getattr(event, "position", getattr(event, "query", None)))
             if want == "last_real":
                 want_t = len([x for x in tokens if x]) - 1
                 if t != want_t:
@@ -236,7 +238,9 @@ def resolve_goto(goto: dict, trace) -> tuple[str, int]:
 
 
 def resolve_unit(goto: dict | None, trace, event) -> int:
-    """The unit (or class) a step selects: a number, `predicted`, or 0."""
+    """The unit (or class, or key) a step selects: a number (default 0), `predicted`, `second`,
+    `largest_h`, `first_masked` (an attention step's first masked key), or `max:FIELD` / `min:FIELD`
+    (where the step's field is largest or smallest, e.g. `max:weights`, `min:z`)."""
     want = (goto or {}).get("unit", 0)
     if want == "predicted":
         return int(np.argmax(trace.probabilities))
@@ -244,6 +248,16 @@ def resolve_unit(goto: dict | None, trace, event) -> int:
         return int(np.argsort(trace.probabilities)[-2])
     if want == "largest_h":  # the unit the step moves most
         return int(np.argmax(np.abs(event.h)))
+    if want == "first_masked":  # attention: the first key the query may not read (padding)
+        if event.mask is None or event.mask.all():
+            raise KeyError(f"'{event.label}' reads every key: no key is masked")
+        return int(np.argmin(event.mask))
+    if isinstance(want, str) and want.split(":")[0] in ("max", "min"):  # e.g. max:weights, min:z
+        how, name = want.split(":", 1)
+        if event is None or getattr(event, name, None) is None:
+            raise KeyError(f"unit '{want}': the step has no field '{name}'")
+        values = np.asarray(getattr(event, name), np.float64)
+        return int(np.argmax(values) if how == "max" else np.argmin(values))
     return int(want)
 
 
@@ -312,7 +326,8 @@ def operand_value(spec: str, trace, event, unit: int, layer: str | None = None,
                   report: list[dict] | None = None) -> float | np.ndarray:
     """An operand as the lesson names it: an event field (`f[unit]`, `patch[:, :, 0]`, `bias`),
     `input[...]` (the previous layer's output), `output[...]` (this layer's output), `pixels[...]`
-    (the model input), `patch_rows` / `window_rows` (a kernel's height) or `report[group, label, stat]`."""
+    (the model input), `patch_rows` / `window_rows` (a kernel's height) or `report[group, label, stat]`.
+    `field[read]` keeps an attention step's values at the keys its query may read."""
     m = OPERAND.match(spec.replace(" ", ""))
     if spec.replace(" ", "").startswith("report["):
         return report_value(spec.strip()[len("report["):-1], report)
@@ -334,6 +349,9 @@ def operand_value(spec: str, trace, event, unit: int, layer: str | None = None,
     arr = np.asarray(values, dtype=np.float64)
     if index in ("max", "min"):
         return float(arr.max() if index == "max" else arr.min())
+    if index == "read":
+        mask = getattr(event, "mask", None)
+        return arr if mask is None else arr[np.asarray(mask, bool)]
     out = arr if index is None else arr[parse_index(index, unit)]
     return float(out) if np.ndim(out) == 0 else out
 
@@ -375,6 +393,13 @@ def expected_answer(question: Question, trace, event, report: list[dict] | None 
         name = resolve_layer(spec["same_as_input"], trace)
         same = np.array_equal(trace.output(name), previous_output(trace, name))
         return spec.get("names", ["yes", "no"])[0 if same else 1]
+    elif "nearer" in spec:  # which of two fields is the first one closer to, e.g. h: h_prev or h̃?
+        v = float(pick(getattr(event, spec["nearer"]), spec.get("index"), unit))
+        a, b = (float(pick(getattr(event, f), spec.get("index"), unit)) for f in spec["of"])
+        names = spec.get("names", list(spec["of"]))
+        if abs(abs(v - a) - abs(v - b)) <= 1e-6:
+            raise KeyError(f"'{spec['nearer']}' is as close to {spec['of'][0]} as to {spec['of'][1]}: no answer")
+        return names[0] if abs(v - a) < abs(v - b) else names[1]
     elif "compare" in spec:  # e.g. max vs average of a pooling window
         a, b = (float(pick(getattr(event, f), i, unit)) for f, i in spec["compare"])
         names = spec.get("names", ["first", "second", "equal"])

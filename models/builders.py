@@ -25,7 +25,7 @@ class CNNSettings:
 class TextSettings:
     """A NusaX sentiment model: TextVectorization → Embedding → (Bi)RNN stack → Dropout → Dense."""
 
-    cell: str = "lstm"  # lstm | simple_rnn
+    cell: str = "lstm"  # lstm | simple_rnn | gru (AttentionSettings: attention)
     rnn_layers: int = 1
     units: int = 64
     bidirectional: bool = True
@@ -43,6 +43,16 @@ class TextSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class AttentionSettings(TextSettings):
+    """A tiny transformer classifier: TextVectorization → Embedding → MultiHeadAttention (the padding
+    mask from the embedding) + residual Add → LayerNormalization → masked average → Dropout → Dense."""
+
+    cell: str = "attention"
+    heads: int = 2
+    units: int = 16  # key_dim of each head
 
 
 def build_cnn(s: CNNSettings, num_classes: int = 10, seed: int = 0):
@@ -82,7 +92,6 @@ def build_text_model(s: TextSettings, train_texts, num_classes: int = 3, seed: i
                                      split=s.split, name="text_vectorization")
     vectorizer.adapt(np.asarray(train_texts))
     vocabulary = vectorizer.get_vocabulary()
-    rnn = {"lstm": L.LSTM, "simple_rnn": L.SimpleRNN}[s.cell]
     inputs = keras.Input(shape=(1,), dtype="string", name="text")
     x = vectorizer(inputs)
     embedding = L.Embedding(len(vocabulary), s.embedding_dim, mask_zero=True, trainable=s.train_embedding,
@@ -93,6 +102,14 @@ def build_text_model(s: TextSettings, train_texts, num_classes: int = 3, seed: i
                                            subword=s.embedding_init == "lsa_subword")])
     if s.embedding_dropout:
         x = L.SpatialDropout1D(s.embedding_dropout, name="embedding_dropout")(x)
+    if s.cell == "attention":  # the query, value and key masks come from the embedding's mask
+        attended = L.MultiHeadAttention(s.heads, s.units, name="attention")(x, x)
+        x = L.LayerNormalization(name="layer_norm")(L.Add(name="residual")([x, attended]))
+        x = L.GlobalAveragePooling1D(name="average")(x)
+        x = L.Dropout(s.dropout, name="dropout")(x)
+        outputs = L.Dense(num_classes, activation="softmax", name="predictions")(x)
+        return keras.Model(inputs, outputs, name="nusax_attention")
+    rnn = {"lstm": L.LSTM, "simple_rnn": L.SimpleRNN, "gru": L.GRU}[s.cell]
     for i in range(s.rnn_layers):
         last = i == s.rnn_layers - 1
         layer = rnn(s.units, return_sequences=not last, name=f"{s.cell}_{i + 1}")

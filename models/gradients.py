@@ -66,6 +66,29 @@ class Record:
     y: Any
     cache: Any
     y_mask: Any = None  # the mask the output carries on
+    options: dict = field(default_factory=dict)  # the call's options (use_causal_mask, …)
+
+
+@dataclass
+class Call:
+    """One layer call's backward pass, kept for the backward trace."""
+
+    record: Record
+    dy: Any                        # dL/d(output)
+    dx: Any                        # dL/d(input) (None for token ids and strings)
+    grads: dict[str, np.ndarray]   # the call's weight gradients
+    dz: np.ndarray | None = None   # dL/d(logits) when this call's softmax was folded into the loss
+
+
+@dataclass
+class LossInputs:
+    """What the loss read: logits `(batch, classes)`, class ids, the loss and dL/d(logits)."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    loss: float
+    d_logits: np.ndarray
+    from_logits: bool
 
 
 class TrainStep(NamedTuple):
@@ -134,10 +157,16 @@ class Recording:
         return getattr(self.layer, name)
 
     def forward(self, x: Any, mask: Any = None, training: bool = False, **options: Any) -> Any:
-        if options:
-            self.layer.unsupported(f"is called with {', '.join(options)}; its backward pass is not supported")
-        y, cache = self.layer.forward_with_cache(x, mask) if self.keep else (self.layer.forward(x, mask=mask), None)
-        self.last = (x, mask, y, cache)
+        """The layer's forward (with its cache when `keep`); call options (`use_causal_mask`, …)
+        go to `forward_with_cache` and are kept for `backward`."""
+        unknown = sorted(set(options) - set(self.layer.call_options))
+        if unknown:
+            self.layer.unsupported(f"is called with {', '.join(unknown)}, which nntrace does not support here")
+        if self.keep:
+            y, cache = self.layer.forward_with_cache(x, mask, **options)
+        else:
+            y, cache = self.layer.forward(x, mask=mask, **options), None
+        self.last = (x, mask, y, cache, dict(options))
         return y
 
 
@@ -149,8 +178,8 @@ def forward_pass(model: Any, x: Any, keep: bool = True) -> Forward:
     layers = {layer.name: Recording(layer, keep) for layer in model.layers}
     records = []
     for node, layer, _, y_mask in run(graph, layers, inputs, False, NULL_TRACER, given):
-        x_in, mask, y, cache = layer.last
-        records.append(Record(node, layer.layer, x_in, mask, y, cache, y_mask))
+        x_in, mask, y, cache, options = layer.last
+        records.append(Record(node, layer.layer, x_in, mask, y, cache, y_mask, options))
     return Forward(graph, inputs, given, records)
 
 
@@ -170,6 +199,8 @@ def logits_of(layer: Layer, x: Any, y: np.ndarray) -> np.ndarray:
         return layer.pre_activation(x)
     if isinstance(layer, Conv2D):
         return layer.convolve(x, activate=False)
+    if hasattr(layer, "pre_activation"):  # Conv1D, DepthwiseConv2D, SeparableConv2D
+        return layer.pre_activation(x)
     return np.asarray(x, np.float32)  # Activation('softmax'), Softmax
 
 
@@ -246,7 +277,7 @@ def loss(model: Any, x: Any, y: Any) -> float:
 
 
 # -- the backward pass ----------------------------------------------------------------------------
-def gradients(model: Any, x: Any, y: Any) -> Gradients:
+def gradients(model: Any, x: Any, y: Any, calls: dict | None = None) -> Gradients:
     """The loss of batch `x` with class ids `y` and its gradients (see `Gradients`).
 
     The graph runs forward in topological order and backward in reverse; where a tensor feeds
@@ -257,6 +288,9 @@ def gradients(model: Any, x: Any, y: Any) -> Gradients:
         x: the model input, as `forward` takes it: images `(batch, h, w, c)`, token ids
             `(batch, seq_len)` or strings `(batch,)` (a list or dict of arrays for several inputs).
         y: class ids `(batch,)` (or shaped like the output without its class axis).
+        calls: a dict that receives, per layer call, a `Call` (its record, output and input
+            gradients, weight gradients, and the logits' gradient where the loss fed it), and
+            under "" the loss's `LossInputs` (for the backward trace).
     """
     fwd = forward_pass(model, x)
     out, head = fwd.output, fwd.head()
@@ -267,6 +301,9 @@ def gradients(model: Any, x: Any, y: Any) -> Gradients:
     fused = probabilities and all(r.node != head.node.name for r in readers)
     loss_value, d_logits, weights = cross_entropy(logits_of(head.layer, head.x, out) if probabilities else out,
                                                   labels, fwd.output_mask)
+    if calls is not None:
+        calls[""] = LossInputs(logits_of(head.layer, head.x, out) if probabilities else out, labels, loss_value,
+                               d_logits, not probabilities)
     flow = Flow()
     flow.add(fwd.output_ref, probability_gradient(out, labels, weights) if probabilities else d_logits)
     outputs: dict[str, Any] = {name: None for name in fwd.given}
@@ -279,7 +316,9 @@ def gradients(model: Any, x: Any, y: Any) -> Gradients:
         if fused and rec is head:
             dx, grads = rec.layer.backward_pre_activation(d_logits, rec.x)
         else:
-            dx, grads = rec.layer.backward(dy, rec.x, rec.mask, rec.y, rec.cache)
+            dx, grads = rec.layer.backward(dy, rec.x, rec.mask, rec.y, rec.cache, **rec.options)
+        if calls is not None:
+            calls[rec.node.name] = Call(rec, dy, dx, grads, d_logits if fused and rec is head else None)
         flow.send(rec.node, rec.layer, dx)
         summed = layer_weights.setdefault(rec.layer.name, {})
         for name, grad in grads.items():

@@ -12,7 +12,8 @@ import numpy as np
 from nntrace.layers.errors import NNTraceError
 
 PRETRAINED = Path(__file__).resolve().parent / "pretrained"
-SHIPPED = {"cnn": "cnn", "rnn": "simple_rnn", "simple_rnn": "simple_rnn", "lstm": "lstm"}
+SHIPPED = {"cnn": "cnn", "rnn": "simple_rnn", "simple_rnn": "simple_rnn", "lstm": "lstm", "gru": "gru",
+           "attention": "attention"}
 
 
 class InputError(NNTraceError, ValueError):
@@ -20,7 +21,7 @@ class InputError(NNTraceError, ValueError):
 
 
 def resolve_model(spec: str | Path) -> Path:
-    """A shipped name (cnn, rnn, lstm) → its `.npz`; otherwise a path that must exist."""
+    """A shipped name (cnn, rnn, lstm, gru, attention) → its `.npz`; otherwise a path that must exist."""
     if str(spec) in SHIPPED:
         path = PRETRAINED / f"{SHIPPED[str(spec)]}.npz"
         if not path.exists():
@@ -29,7 +30,7 @@ def resolve_model(spec: str | Path) -> Path:
         return path
     path = Path(spec)
     if not path.exists():
-        raise FileNotFoundError(f"no model file at '{path}' (expected a .keras or .npz file, or cnn / rnn / lstm)")
+        raise FileNotFoundError(f"no model file at '{path}' (expected a .keras or .npz file, or cnn / rnn / lstm / gru / attention)")
     if path.suffix not in (".keras", ".npz"):
         raise InputError(f"'{path}': expected a .keras or .npz model file")
     if not path.is_file():

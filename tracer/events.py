@@ -11,10 +11,11 @@ from typing import ClassVar, Optional
 
 import numpy as np
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Schemas this version reads. 2 added the parts of each LSTM gate, activations' names, per-channel
-#: conv sums and the dense remainder, and masked recurrent steps carry no fresh gate values.
-READABLE_SCHEMAS = (1, 2)
+#: conv sums and the dense remainder, and masked recurrent steps carry no fresh gate values. 3 added
+#: the backward pass: the loss gradient, per-layer gradients and the backward steps of each layer.
+READABLE_SCHEMAS = (1, 2, 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,10 +376,203 @@ class MergeStep(Event):
     KIND: ClassVar[str] = "merge"
 
 
+# -- the backward pass -------------------------------------------------------------------------
+# A backward trace replays the gradients of one sample's loss from the loss back to the input.
+# Its layers run in backward order; `∂L/∂y` is the gradient of the loss with respect to a layer's
+# output, `δ` the gradient with respect to a pre-activation (z in `y = activation(z)`).
+
+
+@dataclass(frozen=True, slots=True)
+class LossGradient(Event):
+    """The loss of one sample and its gradient with respect to the logits: `∂L/∂z = p − onehot`.
+
+    `L = −log p[label]` with `p = softmax(logits)` (Keras's SparseCategoricalCrossentropy of one
+    sample; a model whose last layer ends in a softmax gives `p`, and the loss reads the logits
+    behind it, as Keras does).
+    """
+
+    label: int = 0                      # the class the loss is taken against
+    logits: np.ndarray = None           # (classes,)
+    probabilities: np.ndarray = None    # (classes,) softmax(logits)
+    onehot: np.ndarray = None           # (classes,) 1 at the label
+    gradient: np.ndarray = None         # (classes,) probabilities − onehot
+    loss: float = 0.0                   # −log probabilities[label]
+    from_logits: bool = False           # the model's output is the logits (no final softmax)
+    KIND: ClassVar[str] = "loss_gradient"
+
+
+@dataclass(frozen=True, slots=True)
+class LayerGradient(Event):
+    """A layer's backward pass for the sample: the gradient it received and the one it passed on.
+
+    `output_gradient` is ∂L/∂(output) (for the layer whose softmax the loss reads: ∂L/∂z, and
+    `from_loss` is True); `input_gradient` is ∂L/∂(input), None where the input is token ids or
+    strings. `weight_norms` gives each weight's gradient norm ‖∂L/∂W‖.
+    """
+
+    layer_class: str = ""
+    output_gradient: Optional[np.ndarray] = None  # the sample's ∂L/∂y, shaped like its output
+    input_gradient: Optional[np.ndarray] = None   # the sample's ∂L/∂x, shaped like its input
+    norm: float = 0.0                   # ‖∂L/∂y‖
+    weight_norms: dict = field(default_factory=dict)  # weight name → ‖∂L/∂W‖
+    from_loss: bool = False
+    KIND: ClassVar[str] = "layer_gradient"
+
+
+@dataclass(frozen=True, slots=True)
+class DenseGradient(Event):
+    """One dense unit backward: `δ = ∂L/∂y · activation'(z)`, then `∂L/∂W[i] = x_i · δ` for every
+    input i (the `top` largest |x_i·δ| are kept) and `∂L/∂b = δ`.
+
+    For the unit of a final softmax the loss gives δ directly (`from_loss`): δ = p − onehot, and
+    `output_gradient` and `slope` are None.
+    """
+
+    unit: int = 0
+    output_gradient: Optional[float] = None  # ∂L/∂y_unit
+    slope: Optional[float] = None       # activation'(z) at the unit's pre-activation
+    delta: float = 0.0                  # ∂L/∂z_unit
+    inputs: np.ndarray = None           # (k,) indices of the k largest |x_i·δ|, largest first
+    x: np.ndarray = None                # (k,) x_i at those indices
+    weight_gradients: np.ndarray = None  # (k,) x_i · δ: ∂L/∂kernel[i, unit]
+    n_inputs: int = 0
+    bias_gradient: Optional[float] = None  # δ (None without a bias)
+    activation: str = "linear"
+    from_loss: bool = False
+    KIND: ClassVar[str] = "dense_gradient"
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer}:du{self.unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConvKernelGradient(Event):
+    """One conv kernel weight's gradient: the sum over every output cell of the input value that
+    weight read there times that cell's δ: `∂L/∂W[i, j, ch, f] = Σ_cells x · δ`.
+
+    `inputs[r, c]` is the input value under tap (i, j, ch) when the filter sat at output cell
+    (r, c) (0 on padding); `deltas[r, c]` is ∂L/∂z of filter f at (r, c).
+    """
+
+    filter: int = 0
+    tap: tuple = (0, 0, 0)              # (i, j, ch): the weight's place in the kernel
+    inputs: np.ndarray = None           # (out_h, out_w)
+    deltas: np.ndarray = None           # (out_h, out_w)
+    products: np.ndarray = None         # (out_h, out_w) inputs · deltas
+    total: float = 0.0                  # products.sum(): ∂L/∂W[i, j, ch, f]
+    weight: float = 0.0                 # the weight's value
+    KIND: ClassVar[str] = "conv_kernel_gradient"
+
+    @property
+    def label(self) -> str:
+        i, j, ch = self.tap
+        return f"{self.layer}:dW{i}.{j}.{ch}f{self.filter}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConvInputGradient(Event):
+    """One input cell's gradient: every (output cell, filter) whose patch read it sends back
+    weight · δ: `∂L/∂x[row, col, ch] = Σ_cells Σ_f W[tap, ch, f] · δ[cell, f]`.
+
+    `cells` are the output cells whose patch covers the input cell, `taps` where in the kernel it
+    sat; `cell_sums[k]` is the sum over filters for cell k.
+    """
+
+    row: int = 0
+    col: int = 0
+    channel: int = 0
+    cells: np.ndarray = None            # (n, 2) output (row, col)
+    taps: np.ndarray = None             # (n, 2) kernel (i, j)
+    weights: np.ndarray = None          # (n, filters) W[i, j, ch, :]
+    deltas: np.ndarray = None           # (n, filters) δ at each cell
+    cell_sums: np.ndarray = None        # (n,) Σ_f weights · deltas
+    total: float = 0.0                  # cell_sums.sum(): ∂L/∂x[row, col, ch]
+    KIND: ClassVar[str] = "conv_input_gradient"
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer}:dx{self.row}.{self.col}.{self.channel}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRouting(Event):
+    """One pooling window backward: its output gradient goes back into the window. Max pooling
+    sends all of it to the winner (the first maximum in row-major order, as TensorFlow); average
+    pooling shares it equally among the real (unpadded) cells."""
+
+    row: int = 0
+    col: int = 0
+    channel: int = 0
+    mode: str = "max"                   # max | average
+    window: np.ndarray = None           # (ph, pw) the forward window's values (padding nan)
+    real: np.ndarray = None             # (ph, pw) True for real cells
+    winner: Optional[tuple] = None      # (i, j) for max
+    output_gradient: float = 0.0        # ∂L/∂y at (row, col, channel)
+    routed: np.ndarray = None           # (ph, pw) the gradient each window cell receives
+    origin: tuple = (0, 0)              # input (row, col) of the window's top-left cell
+    KIND: ClassVar[str] = "pool_routing"
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer}:dr{self.row}c{self.col}ch{self.channel}"
+
+
+@dataclass(frozen=True, slots=True)
+class RecurrentGradient(Event):
+    """Backpropagation through one time step of a recurrent layer, in backward processing order.
+
+    `dh = dh_out + dh_next`: what reaches h_t from the layer's output at t and from the next
+    step. LSTM: `dc = dc_next + dh·o·activation'(c)`; the gate gradients (with respect to each
+    gate's pre-activation) are `δi = dc·g·σ'`, `δf = dc·c_prev·σ'`, `δg = dc·i·tanh'`,
+    `δo = dh·tanh(c)·σ'` (`slopes` hold each gate's activation derivative). SimpleRNN:
+    `δz = dh·activation'(z)`. `dh_prev` (and `dc_prev = dc·f`) go on to step t − 1. A masked step
+    did not happen: its gradients pass through unchanged (`dh_prev = dh`) and the gate fields are None.
+    """
+
+    direction: str = "forward"
+    step: int = 0                       # forward processing order of the step
+    time: int = 0                       # index in the input sequence
+    cell: str = "lstm"                  # simple_rnn | lstm | gru
+    dh_out: np.ndarray = None           # (units,) ∂L/∂h_t from the layer's output
+    dh_next: np.ndarray = None          # (units,) ∂L/∂h_t carried back from the next step
+    dh: np.ndarray = None               # (units,) dh_out + dh_next
+    dz: Optional[np.ndarray] = None     # (gates, units) ∂L/∂(pre-activation) per gate (LSTM rows i, f, g, o)
+    slopes: Optional[np.ndarray] = None  # (gates, units) each gate's activation derivative
+    gates: Optional[np.ndarray] = None  # (gates, units) the forward gate values (LSTM i, f, g, o)
+    dc_next: Optional[np.ndarray] = None  # LSTM (units,) ∂L/∂c_t from the next step
+    dc: Optional[np.ndarray] = None     # LSTM (units,) ∂L/∂c_t in all
+    c_prev: Optional[np.ndarray] = None  # LSTM (units,)
+    c: Optional[np.ndarray] = None      # LSTM (units,)
+    c_slope: Optional[np.ndarray] = None  # LSTM (units,) activation'(c): 1 − tanh(c)²
+    c_act: Optional[np.ndarray] = None  # LSTM (units,) activation(c)
+    dh_prev: np.ndarray = None          # (units,) ∂L/∂h_{t−1} passed on
+    dc_prev: Optional[np.ndarray] = None  # LSTM (units,) dc·f passed on
+    norm: float = 0.0                   # ‖dh‖
+    masked: bool = False
+    KIND: ClassVar[str] = "recurrent_gradient"
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer}:d{self.direction[0]}t{self.time}"
+
+
+@dataclass(frozen=True, slots=True)
+class Saliency(Event):
+    """The input's gradient: how much each pixel would change the loss. `saliency = max over
+    channels of |∂L/∂x|` (the layer is "input")."""
+
+    gradient: np.ndarray = None         # (h, w, c) ∂L/∂x of the raw input
+    saliency: np.ndarray = None         # (h, w)
+    KIND: ClassVar[str] = "saliency"
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.KIND: cls for cls in (LayerStart, LayerEnd, ConvPatch, PoolWindow, FlattenMap, DenseNeuron, SoftmaxStep,
                               EmbeddingLookup, RNNStep, LSTMStep, GRUStep, BidirectionalMerge, DropoutStep,
-                              MergeStep, NormalizeStep, AttentionStep, ActivationStep, MaskingStep)
+                              MergeStep, NormalizeStep, AttentionStep, ActivationStep, MaskingStep,
+                              LossGradient, LayerGradient, DenseGradient, ConvKernelGradient, ConvInputGradient,
+                              PoolRouting, RecurrentGradient, Saliency)
 }
 
 

@@ -103,7 +103,7 @@ TRAIN_DEFAULTS = {  # kind → (model name, epochs, batch size, seed); seeds cho
     "rnn": ("simple_rnn", 60, 32, 2),
     "lstm": ("lstm", 60, 32, 1),
     "gru": ("gru", 60, 32, 1),
-    "attention": ("attention", 60, 32, 0),
+    "attention": ("attention", 60, 32, 1),
 }
 
 
@@ -117,7 +117,7 @@ def settings_for(kind: str):
                             embedding_init="lsa")
     if kind == "attention":
         return AttentionSettings(heads=2, units=8, embedding_dim=16, dropout=0.3, learning_rate=5e-3, max_tokens=3000,
-                                 embedding_init="lsa")
+                                 embedding_init="lsa", pre_norm=True)
     if kind == "rnn":  # chosen by validation macro-F1 (reports/text-model-selection.md)
         return TextSettings(cell="simple_rnn", units=32, embedding_dim=64, dropout=0.3, learning_rate=2e-3,
                             max_tokens=3000, embedding_dropout=0.2, embedding_init="lsa")

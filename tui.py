@@ -23,6 +23,7 @@ from nntrace.tracer.sanitize import clean_text
 from nntrace.views.app_log import log_exception
 from nntrace.views.keras_side import KerasSide
 from nntrace.views.layer_list import LayerList
+from nntrace.views.passes import Passes
 from nntrace.views.player import Player
 from nntrace.views.replay import JumpError, Replay
 from nntrace.views.screens import HelpScreen, PromptScreen
@@ -40,6 +41,7 @@ class Session:
     description: str
     keras_path: Path | None = None
     note: str = ""
+    backward_trace: Any = None  # a recorded backward pass (a trace file's), shown with `b`
 
 
 def guarded(action: Callable) -> Callable:
@@ -68,6 +70,7 @@ class NNTraceApp(App):
         Binding("space", "play", "play"), Binding("plus", "speed(0.5)", "faster", show=False),
         Binding("minus", "speed(2)", "slower", show=False), Binding("j", "jump", "jump"),
         Binding("k", "toggle_keras", "Keras"), Binding("t", "new_text", "text", show=False),
+        Binding("b", "backward", "backward"), Binding("l", "choose_label", "label", show=False),
         Binding("g", "gallery", "gallery"), Binding("e", "export", "PNG"),
         Binding("L", "toggle_layers", "layers", show=False),
         Binding("a", "answer", "answer"), Binding("enter", "submit", "check / next"),
@@ -77,8 +80,9 @@ class NNTraceApp(App):
     def __init__(self, session: Session, model=None, lesson=None, log: Path | None = None) -> None:
         super().__init__()
         self.session, self.model, self.lesson, self.log_path = session, model, lesson, log
-        self.replay = Replay(session.trace)
+        self._replay = Replay(session.trace)
         self.keras = KerasSide(session.keras_path)
+        self.passes = Passes(self._replay, self.keras, session.keras_path, session.backward_trace)
         self.show_layers: bool | None = None
         self.player = Player(self.set_interval, lambda: self.action_step(1))
         self.message = session.note
@@ -86,6 +90,16 @@ class NNTraceApp(App):
         self.last_shape: tuple | None = None
 
     # -- state the tests and lessons read ---------------------------------------------------------
+    @property
+    def replay(self) -> Replay:
+        return self._replay
+
+    @replay.setter
+    def replay(self, replay: Replay) -> None:
+        self._replay = replay
+        if self.is_mounted:
+            self.query_one(StepPanel).replay = replay
+
     @property
     def trace(self):
         return self.replay.trace
@@ -142,27 +156,29 @@ class NNTraceApp(App):
         layers.show(self.trace, self.keras.diffs, self.replay.layer_index, compact=width < COMPACT_BELOW)
 
     # -- Keras in the background ------------------------------------------------------------------
-    @work(thread=True, exclusive=True, group="keras")
+    @work(thread=True, exclusive=False, group="keras")
     def load_keras(self) -> None:
-        from nntrace.views.keras_side import keras_comparison
+        from nntrace.views.keras_side import keras_comparison, tape_comparison
 
-        trace = self.trace
+        trace, side = self.trace, self.keras
+        side.trace = trace
+        compare = tape_comparison if trace.backward else keras_comparison
         try:
-            outputs, diffs = keras_comparison(self.session.keras_path, trace)
+            outputs, diffs = compare(self.session.keras_path, trace)
         except Exception as exc:  # noqa: BLE001 — shown on screen and logged, never a traceback
-            log_exception(exc, "loading Keras")
-            self.call_from_thread(self.keras_failed, f"Keras could not load: {exc}")
+            log_exception(exc, f"loading {side.name}")
+            self.call_from_thread(self.keras_failed, side, f"{side.name} could not load: {exc}")
         else:
-            if trace is self.trace:  # not a result for a sentence that has since been replaced
-                self.call_from_thread(self.keras_ready, outputs, diffs)
+            if trace is side.trace:  # not a result for a sentence (or label) that has since been replaced
+                self.call_from_thread(self.keras_ready, side, outputs, diffs)
 
-    def keras_ready(self, outputs: dict, diffs: dict) -> None:
-        self.keras.ready(outputs, diffs)
+    def keras_ready(self, side: KerasSide, outputs: dict, diffs: dict) -> None:
+        side.ready(outputs, diffs)
         self.fill_layer_list()
         self.refresh_view()
 
-    def keras_failed(self, message: str) -> None:
-        self.keras.status = message
+    def keras_failed(self, side: KerasSide, message: str) -> None:
+        side.status = message
         self.refresh_view()
 
     # -- actions ----------------------------------------------------------------------------------
@@ -256,12 +272,71 @@ class NNTraceApp(App):
 
         new = trace(self.model, [text])
         new.context["model_input"] = [text]
+        backward = self.trace.backward
+        if backward:
+            self.replay, self.keras = self.passes.forward, self.passes.forward_keras
         self.replay.set_trace(new)
         self.session.description = f'"{clean_text(text, 80)}"'
         self.sub_title = clean_text(f"{new.model_name} on {self.session.description}")
         self.keras.reset()
         if self.session.keras_path is not None:
             self.load_keras()
+        if backward:
+            self.show_backward(self.passes.label)
+        self.fill_layer_list()
+
+    @guarded
+    def action_backward(self) -> None:
+        """`b`: between the forward pass and the backward pass (from the loss back to the input)."""
+        if self.trace.backward:
+            self.replay, self.keras = self.passes.forward, self.passes.forward_keras
+            self.message = "the forward pass (b: the backward pass)"
+        else:
+            self.show_backward(self.passes.label)
+        self.fill_layer_list()
+
+    def show_backward(self, label: int | None) -> None:
+        build = None
+        if self.model is not None:
+            from nntrace.models.backward_trace import trace_backward
+
+            build = functools.partial(trace_backward, self.model)
+        fresh = self.passes.backward_for(build, label)
+        self.replay, self.keras = self.passes.backward, self.passes.backward_keras
+        if fresh and self.session.keras_path is not None:
+            self.load_keras()
+        names = self.trace.context.get("labels") or []
+        k = self.trace.context["label"]
+        name = f" '{clean_text(str(names[k]), 30)}'" if k < len(names) else ""
+        self.message = (f"the backward pass against class {k}{name}: from the loss back to the input "
+                        "(l: another class, b: the forward pass)")
+
+    @guarded
+    def action_choose_label(self) -> None:
+        names = self.passes.forward.trace.context.get("labels") or []
+        hint = ", ".join(f"{i} {clean_text(str(n), 12)}" for i, n in enumerate(names[:10]))
+        self.push_screen(PromptScreen(f"the class the loss is taken against: {hint or 'a class number'}"),
+                         self.label_chosen)
+
+    @guarded
+    def label_chosen(self, answer: str | None) -> None:
+        if answer is None or not answer.strip():
+            return
+        names = [str(n).lower() for n in (self.passes.forward.trace.context.get("labels") or [])]
+        word = answer.strip().lower()
+        if word in names:
+            label = names.index(word)
+        else:
+            try:
+                label = int(word)
+            except ValueError:
+                raise JumpError(f"'{clean_text(answer, 30)}' is not a class: type its number"
+                                + (f" or one of {', '.join(names)}" if names else "")) from None
+        classes = len(names) or self.passes.classes()
+        if not 0 <= label < classes:
+            raise JumpError(f"class {label} is outside this model: classes are 0–{classes - 1}")
+        self.passes.label = label
+        self.show_backward(label)
         self.fill_layer_list()
 
     @guarded
@@ -284,7 +359,7 @@ class NNTraceApp(App):
         try:
             ctx = self.view_context()
             report = self.lesson_report()
-            self.view_renderable = report if report is not None else view_for(ctx.event).render(ctx)
+            self.view_renderable = report if report is not None else view_for(ctx.event, ctx.trace).render(ctx)
         except Exception as exc:  # noqa: BLE001 — a view must never take the app down
             self.view_renderable = Text(f"cannot show this step: {exc} (details in {log_exception(exc, 'a view')})",
                                         style="bold red")

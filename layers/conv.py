@@ -323,9 +323,10 @@ class Conv2D(Layer):
                             continue
                         inputs = cols[:, :, i, j, ch]
                         products = inputs * delta[:, :, f]
+                        running = np.cumsum(products, dtype=np.float32).reshape(products.shape)
                         yield ConvKernelGradient(self.name, filter=f, tap=(i, j, ch), inputs=inputs.copy(),
-                                                 deltas=delta[:, :, f].copy(), products=products,
-                                                 total=float(products.sum(dtype=np.float32)),
+                                                 deltas=delta[:, :, f].copy(), products=products, running=running,
+                                                 total=float(running[-1, -1]),
                                                  weight=float(kernel[i, j, ch, f]))
         if filters is not None or taps is not None:
             return

@@ -48,11 +48,14 @@ class TextSettings:
 @dataclass
 class AttentionSettings(TextSettings):
     """A tiny transformer classifier: TextVectorization → Embedding → MultiHeadAttention (the padding
-    mask from the embedding) + residual Add → LayerNormalization → masked average → Dropout → Dense."""
+    mask from the embedding) + residual Add → LayerNormalization → masked average → Dropout → Dense.
+    With `pre_norm` the LayerNormalization comes before the attention instead (its input and the
+    residual are the normalised embeddings), so the scores are not shrunk by small word vectors."""
 
     cell: str = "attention"
     heads: int = 2
     units: int = 16  # key_dim of each head
+    pre_norm: bool = False
 
 
 def build_cnn(s: CNNSettings, num_classes: int = 10, seed: int = 0):
@@ -103,8 +106,12 @@ def build_text_model(s: TextSettings, train_texts, num_classes: int = 3, seed: i
     if s.embedding_dropout:
         x = L.SpatialDropout1D(s.embedding_dropout, name="embedding_dropout")(x)
     if s.cell == "attention":  # the query, value and key masks come from the embedding's mask
+        if getattr(s, "pre_norm", False):
+            x = L.LayerNormalization(name="layer_norm")(x)
         attended = L.MultiHeadAttention(s.heads, s.units, name="attention")(x, x)
-        x = L.LayerNormalization(name="layer_norm")(L.Add(name="residual")([x, attended]))
+        x = L.Add(name="residual")([x, attended])
+        if not getattr(s, "pre_norm", False):
+            x = L.LayerNormalization(name="layer_norm")(x)
         x = L.GlobalAveragePooling1D(name="average")(x)
         x = L.Dropout(s.dropout, name="dropout")(x)
         outputs = L.Dense(num_classes, activation="softmax", name="predictions")(x)

@@ -10,8 +10,11 @@ import numpy as np
 def keras_gradients(model, x: Any, y: np.ndarray) -> dict[str, Any]:
     """TensorFlow's loss and gradients for `model` on `x` with class ids `y`, inference mode.
 
-    Returns `{"loss", "weights": {path: grad}, "inputs": dL/dx or None, "outputs": {node name:
-    dL/d(output) or None}, "probabilities": the model output}`; every layer call's output is
+    A model with several inputs takes `x` as a list of arrays in input order.
+
+    Returns `{"loss", "weights": {path: grad}, "inputs": dL/dx or None (for several inputs a
+    tuple, one per input), "outputs": {node name: dL/d(output) or None}, "probabilities": the
+    model output}`; every layer call's output is
     recorded while the model runs under the tape (as `models.keras_probe` does), so its gradient
     is the one flowing through the real model.
     """
@@ -22,11 +25,15 @@ def keras_gradients(model, x: Any, y: np.ndarray) -> dict[str, Any]:
     from nntrace.models.keras_probe import keras_tensor_of, node_output, recorded_calls
 
     graph = keras_graph(model)
-    given = keras_tensor_of(x)
-    float_input = np.asarray(x).dtype.kind == "f"
+    several = len(model.inputs) > 1
+    arrays = list(x) if several else [x]
+    tensors = [keras_tensor_of(a) for a in arrays]
+    given = tensors if several else tensors[0]
+    floats = [np.asarray(a).dtype.kind == "f" for a in arrays]
     with recorded_calls(graph) as calls, tf.GradientTape(persistent=True) as tape:
-        if float_input:
-            tape.watch(given)
+        for tensor, is_float in zip(tensors, floats):
+            if is_float:
+                tape.watch(tensor)
         p = model(given, training=False)
         # probabilities when the output comes straight from a softmax, else logits
         from_logits = not hasattr(p, "_keras_logits")
@@ -40,8 +47,9 @@ def keras_gradients(model, x: Any, y: np.ndarray) -> dict[str, Any]:
         g = tape.gradient(loss, list(out) if isinstance(out, (list, tuple)) else out)
         outputs[node.name] = dense(g)
     mask = keras.src.backend.get_keras_mask(p)
+    d_inputs = tuple(dense(tape.gradient(loss, t)) if f else None for t, f in zip(tensors, floats))
     return {"loss": float(loss), "weights": {v.path: dense(g) for v, g in zip(variables, grads)},
-            "inputs": dense(tape.gradient(loss, given)) if float_input else None, "outputs": outputs,
+            "inputs": d_inputs if several else d_inputs[0], "outputs": outputs,
             "probabilities": np.asarray(p), "mask": None if mask is None else np.asarray(mask),
             "logits": np.asarray(p if from_logits else p._keras_logits)}
 

@@ -460,6 +460,7 @@ class ConvKernelGradient(Event):
     inputs: np.ndarray = None           # (out_h, out_w)
     deltas: np.ndarray = None           # (out_h, out_w)
     products: np.ndarray = None         # (out_h, out_w) inputs · deltas
+    running: np.ndarray = None          # (out_h, out_w) the sum of products up to each cell, row-major
     total: float = 0.0                  # products.sum(): ∂L/∂W[i, j, ch, f]
     weight: float = 0.0                 # the weight's value
     KIND: ClassVar[str] = "conv_kernel_gradient"

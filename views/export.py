@@ -54,7 +54,7 @@ def export_png(ctx: ViewContext, directory: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    maps = view_for(ctx.event).heatmaps(ctx)
+    maps = view_for(ctx.event, ctx.trace).heatmaps(ctx)
     fig, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps) + 0.6, 3.6), squeeze=False)
     for ax, heatmap in zip(axes[0], maps):
         draw(ax, fig, heatmap)

@@ -70,6 +70,8 @@ class Scale:
         return [tuple(c / 255 for c in stop) for stop in rgb]
 
     def label(self, value: float) -> str:
+        if 0 < abs(value) < 0.01:  # gradients: two significant digits rather than 0.00
+            return f"{value:+.1e}" if self.kind == "diverging" else f"{value:.1e}"
         return f"{value:+.2f}" if self.kind == "diverging" else f"{value:.2f}"
 
     def legend(self, width: int = 16) -> Text:

@@ -14,11 +14,15 @@ import numpy as np
 
 #: The event fields that place a step on its layer's grid, per event kind.
 POSITION = {"conv_patch": ("row", "col", "filter"), "pool_window": ("row", "col", "channel"),
-            "dense_neuron": ("unit",), "embedding_lookup": ("position",)}
-RECURRENT = ("rnn_step", "lstm_step", "gru_step")
+            "dense_neuron": ("unit",), "embedding_lookup": ("position",),
+            "pool_routing": ("row", "col", "channel"), "dense_gradient": ("unit",),
+            "conv_input_gradient": ("row", "col", "channel")}
+RECURRENT = ("rnn_step", "lstm_step", "gru_step", "recurrent_gradient")
+#: Kinds whose selection is a cell of one `(rows, cols)` picture (its flat index is the unit).
+GRID_KINDS = {"conv_kernel_gradient": "products", "saliency": "saliency"}
 #: Kinds whose selection is a unit (or class, key, element) inside one event's vectors.
 VECTOR_KINDS = (*RECURRENT, "softmax", "bidirectional_merge", "embedding_lookup", "attention", "merge", "normalize",
-                "activation")
+                "activation", "loss_gradient", "conv_input_gradient", *GRID_KINDS)
 
 
 class JumpError(ValueError):
@@ -142,8 +146,16 @@ class Replay:
         e = event or self.event
         if e is None:
             return 0
+        if e.kind == "recurrent_gradient":
+            return len(e.dh)
         if e.kind in RECURRENT:
             return len(e.h)
+        if e.kind == "loss_gradient":
+            return len(e.gradient)
+        if e.kind == "conv_input_gradient":
+            return len(e.cells)
+        if e.kind in GRID_KINDS:
+            return int(np.size(getattr(e, GRID_KINDS[e.kind])))
         if e.kind == "softmax":
             return len(e.probabilities)
         if e.kind == "embedding_lookup":
@@ -168,7 +180,7 @@ class Replay:
     def select_unit(self, unit: int) -> str:
         e = self.event
         n = self.vector_length(e)
-        if e is not None and e.kind == "dense_neuron":
+        if e is not None and e.kind in ("dense_neuron", "dense_gradient"):
             return self.find_position(unit=unit)
         if not n:
             raise JumpError(f"{self.layer[0]} has no units to select at this step")
@@ -194,7 +206,10 @@ class Replay:
         a 1-D convolution or pooling is one row: (1, steps, filters)."""
         shape = tuple(np.shape(self.trace.output(self.layer[0])))
         e = self.event
-        if e is not None and e.kind in ("conv_patch", "pool_window") and len(shape) == 2:
+        if e is not None and e.kind == "conv_input_gradient":  # positions on the layer's input
+            g = next((ev for ev in self.trace.events if ev.kind == "layer_gradient" and ev.layer == self.layer[0]), None)
+            shape = tuple(np.shape(g.input_gradient)) if g is not None and g.input_gradient is not None else shape
+        if e is not None and e.kind in ("conv_patch", "pool_window", "pool_routing") and len(shape) == 2:
             return (1, *shape)
         return shape
 
@@ -222,10 +237,10 @@ class Replay:
     @staticmethod
     def arithmetic_index(kind: str, position: dict, shape: tuple) -> int | None:
         """Where a full, unfiltered run of steps puts a position (checked by the caller)."""
-        if kind in ("conv_patch", "pool_window") and len(shape) == 3:
+        if kind in ("conv_patch", "pool_window", "pool_routing") and len(shape) == 3:
             r, c, ch = position.values()
             return ch * shape[0] * shape[1] + r * shape[1] + c
-        if kind in ("dense_neuron", "embedding_lookup"):
+        if kind in ("dense_neuron", "embedding_lookup", "dense_gradient"):
             return next(iter(position.values()))
         return None
 
@@ -263,10 +278,18 @@ class Replay:
         e = self.event
         if e is None:
             raise JumpError(f"{self.layer[0]} has no steps to move over: press n or ] for the next layer")
-        if e.kind in ("conv_patch", "pool_window"):
+        if e.kind in ("conv_patch", "pool_window", "pool_routing", "conv_input_gradient"):
             return self.find_position(row=e.row + d_row, col=e.col + d_col)
-        if e.kind == "dense_neuron":
+        if e.kind in ("dense_neuron", "dense_gradient"):
             return self.find_position(unit=e.unit + d_row + d_col)
+        if e.kind in GRID_KINDS:
+            rows, cols = np.shape(getattr(e, GRID_KINDS[e.kind]))
+            r, c = divmod(self.unit, cols)
+            r, c = r + d_row, c + d_col
+            if not (0 <= r < rows and 0 <= c < cols):
+                raise JumpError(f"the cell ({r}, {c}) is outside the {rows}×{cols} picture")
+            self.unit = r * cols + c
+            return f"cell ({r}, {c})"
         if e.kind in RECURRENT:
             if d_col:
                 return self.go_time(e.time + d_col)
@@ -293,7 +316,13 @@ class Replay:
         e = self.event
         if e is not None and e.kind == "attention":
             return self.go_attention(e.head + delta, e.query)
-        if e is None or e.kind not in ("conv_patch", "pool_window"):
+        if e is not None and e.kind == "conv_kernel_gradient":  # the same weight of the next filter
+            index = self.find(lambda ev: ev.kind == e.kind and ev.tap == e.tap and ev.filter == e.filter + delta)
+            if index is None:
+                raise JumpError(f"no filter {e.filter + delta} in {self.layer[0]}")
+            self.go_step(index)
+            return f"filter {e.filter + delta}"
+        if e is None or e.kind not in ("conv_patch", "pool_window", "pool_routing", "conv_input_gradient"):
             raise JumpError("< and > change the filter or channel of a conv or pooling step")
         field = POSITION[e.kind][2]
         return self.find_position(**{field: getattr(e, field) + delta})

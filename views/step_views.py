@@ -22,55 +22,8 @@ from nntrace.views.render import (Heatmap, Scale, bar, half_block_heatmap, half_
                                   side_by_side, stack)
 from nntrace.tracer.sanitize import clean_text
 from nntrace.views.replay import RECURRENT, Replay, token_label
-
-
-@dataclass
-class ViewContext:
-    replay: Replay
-    event: Any                       # the current event (None: a layer without steps)
-    keras: np.ndarray | None = None  # Keras's output of this layer for the sample, when shown
-    width: int = 100                 # columns available
-    keras_diff: float | None = None  # max |scratch − Keras| of the layer, when known
-    hidden: frozenset = frozenset()  # quantities withheld until a lesson question is answered
-
-    @property
-    def trace(self):
-        return self.replay.trace
-
-    def shown(self, name: str, text: str) -> str:
-        """`text`, or `?` while the quantity `name` is withheld."""
-        return "?" if name in self.hidden else text
-
-
-def line(ctx: ViewContext, full: str, short: str, reserve: int = 0) -> str:
-    """An equation line: the full form when it fits the panel (with `reserve` columns still to
-    come), else the short one, so that an equation is never wrapped."""
-    return full if len(full) + reserve <= ctx.width else short
-
-
-def fit(blocks: list, width: int, gap: int = 3):
-    """Side by side when they fit in `width` columns, else one under the other."""
-    row = side_by_side(blocks, gap=gap)
-    return row if row.width <= width else stack(*blocks)
-
-
-def keras_note(text: Text, ctx: ViewContext, index: tuple, name: str = "value") -> None:
-    if ctx.keras is not None and name not in ctx.hidden:
-        keras = np.asarray(ctx.keras)
-        index = index[len(index) - keras.ndim:] if keras.ndim < len(index) else index  # 1-D conv: one row
-        text.append(f"   Keras: {num(float(keras[index]))}", style="italic")
-
-
-def legends(maps: list[Heatmap]) -> Text:
-    """One line per distinct scale: which pictures use it and its numbers."""
-    seen: dict[Scale, list[str]] = {}
-    for m in maps:
-        seen.setdefault(m.scale, []).append(m.title)
-    text = Text()
-    for k, (scale, titles) in enumerate(seen.items()):
-        text.append(("\n" if k else "") + f"colours of {', '.join(titles)}: ", style="dim")
-        text.append_text(scale.legend())
-    return text
+from nntrace.views import backward_views as bv
+from nntrace.views.view_kit import View, ViewContext, fit, keras_note, legends, line  # noqa: F401 — re-exported
 
 
 def activation_line(ctx: ViewContext, activation: str, z: float, value: float) -> Text:
@@ -459,12 +412,13 @@ def gru_equations(ctx: ViewContext, e, u: int, text: Text) -> Text:
         argument = f"{terms((e.x_part[2, u], e.bias[2, u]))} + {r}·({inner})"
     else:  # the h row of h_part is already (r·h_prev)·U_h
         argument = terms((e.x_part[2, u], e.bias[2, u], e.h_part[2, u]))
-    text.append(f"h̃ = {applied(e.activation, argument)} = "
-                f"{applied(e.activation, ctx.shown('pre_activation', num(e.pre_activation[2, u])))} = "
-                f"{ctx.shown('h_tilde', num(e.h_tilde[u]))}\n")
+    candidate = f"h̃ = {applied(e.activation, argument)} = "
+    value = ctx.shown('h_tilde', num(e.h_tilde[u]))
+    text.append(line(ctx, f"{candidate}{applied(e.activation, ctx.shown('pre_activation', num(e.pre_activation[2, u])))}"
+                          f" = {value}", f"{candidate}{value}") + "\n")  # narrow: without the middle form
     z = ctx.shown("z", factor(e.z[u]))
-    text.append(f"h = z·h_prev + (1 − z)·h̃ = {z}·{factor(e.h_prev[u])} + (1 − {z})·"
-                f"{ctx.shown('h_tilde', factor(e.h_tilde[u]))} = ")
+    numbers = f"{z}·{factor(e.h_prev[u])} + (1 − {z})·{ctx.shown('h_tilde', factor(e.h_tilde[u]))} = "
+    text.append(line(ctx, f"h = z·h_prev + (1 − z)·h̃ = {numbers}", f"h = {numbers}", 8))
     text.append(ctx.shown("h", num(e.h[u])), style="bold reverse")
     return text
 
@@ -555,35 +509,84 @@ def attention_heatmaps(ctx: ViewContext) -> list[Heatmap]:
     return [Heatmap(f"head {e.head} weights", grid, Scale.gate(), "query", "key", mark=(e.query, ctx.replay.unit))]
 
 
+def attention_keys(e, j: int) -> tuple[list[int], list[int]]:
+    """(the keys listed one per row, the masked keys summed up in one row): every key the query
+    reads and the selected key; the other masked keys share a row when there are any."""
+    if e.mask is None:
+        return list(range(len(e.weights))), []
+    listed = [k for k in range(len(e.weights)) if e.mask[k] or k == j]
+    return listed, [k for k in range(len(e.weights)) if k not in listed]
+
+
+def span(keys: list[int]) -> str:
+    return f"{keys[0]}–{keys[-1]}" if keys == list(range(keys[0], keys[-1] + 1)) else f"{len(keys)} keys"
+
+
 def attention_view(ctx: ViewContext) -> Group:
     e, j = ctx.event, ctx.replay.unit
     n = len(e.weights)
-    head = Text(f"{clean_text(e.layer)}: head {e.head}, query {e.query} reads {n} keys; key {j} selected "
-                f"(↑/↓ key, ←/→ query, </> head)\n", style="bold")
+    tokens = ctx.trace.context.get("tokens") or []
+    words = len(tokens) == n  # self-attention over the sentence: key k is token position k
+    listed, rest = attention_keys(e, j)
+    read = n if e.mask is None else int(np.sum(e.mask))
+    query = f"query {e.query}" + (f" {token_label(ctx.trace, e.query)}" if words else "")
+    key = f"key {j}" + (f" {token_label(ctx.trace, j)}" if words else "")
+    title = f"{clean_text(e.layer)}: head {e.head}, {query} reads {read} of {n} keys; {key} selected"
+    head = Text(line(ctx, f"{title} (↑/↓ key, ←/→ query, </> head)", title) + "\n", style="bold")
     how = "q·keys[j]" if e.score_mode == "dot" else f"Σ tanh({e.inner_scale:g}·(q + keys[j]))"
-    head.append(f"scores[j] = {how}; scaled = scores · {e.scale:.6g}; weights = softmax(logits)"
-                + ("; masked keys get a large negative logit" if e.mask is not None else "") + "\n", style="dim")
+    masking = "; masked keys get a large negative logit" if e.mask is not None else ""
+    head.append(line(ctx, f"scores[j] = {how}; scaled = scores · {e.scale:.6g}; weights = softmax(logits){masking}",
+                     f"scaled = scores · {e.scale:.6g}" + ("; masked keys: a large negative logit" if masking else "")),
+                style="dim")
     eq = Text(f"scaled[{j}] = {num(e.scores[j])}·{e.scale:.6g} = {num(e.scaled[j])}\n")
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
-    for col in ("key", "score", "scaled", "mask", "logit", "weight"):
-        table.add_column(col, justify="right", no_wrap=True)
-    for k in range(n):
+    symbolic = f"weights[{j}] = exp(logits[{j}] − max) / Σ_k exp(logits[k] − max)"
+    seen = [k for k in range(n) if e.mask is None or e.mask[k]]
+    if "weights" in ctx.hidden:
+        eq.append(f"{symbolic} = ?")
+    elif seen and j in seen:
+        top = float(np.max(e.logits[seen]))
+        total = float(np.sum(np.exp(np.asarray(e.logits[seen], np.float64) - top)))
+        numbers = f"exp({terms((e.logits[j], -top))}) / {plain(total)} = {plain(e.weights[j])}"
+        eq.append(line(ctx, f"{symbolic} = {numbers}", f"weights[{j}] = {numbers}") + "\n")
+        eq.append(f"max = the largest logit of the {len(seen)} keys read; Σ_k over those keys = {plain(total)}",
+                  style="dim")
+    else:
+        why = "its logit is so negative that exp(logit − max) is 0 in float32: " if e.weights[j] == 0 else ""
+        eq.append(f"key {j} is masked: {why}weights[{j}] = {plain(e.weights[j])}")
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
+    for col in ("key",) + (("token",) if words else ()) + ("score", "scaled", "mask", "logit", "weight"):
+        table.add_column(col, justify="left" if col == "token" else "right", no_wrap=True)
+    logit = lambda v: f"{v:+.4g}" if abs(v) >= 1e4 else num(v)  # noqa: E731
+    for k in listed:
         style = "reverse" if k == j else ""
         masked = "" if e.mask is None else ("read" if e.mask[k] else "masked")
-        table.add_row(Text(str(k), style=style), num(e.scores[k]), num(e.scaled[k]), masked,
-                      f"{e.logits[k]:+.4g}" if abs(e.logits[k]) >= 1e4 else num(e.logits[k]),
+        word = (Text(token_text(ctx.trace, k)[:12]),) if words else ()
+        table.add_row(Text(str(k), style=style), *word, num(e.scores[k]), num(e.scaled[k]), masked, logit(e.logits[k]),
                       Text(ctx.shown("weights", plain(e.weights[k])), style=style))
+    if rest:
+        logits, weights = e.logits[rest], e.weights[rest]
+        same = lambda a: bool(np.all(a == a[0]))  # noqa: E731
+        pads = all(token_label(ctx.trace, k) == "[pad]" for k in rest)
+        table.add_row(span(rest), *((Text("[pad]" if pads else "…"),) if words else ()), "…", "…", "masked",
+                      logit(logits[0]) if same(logits) else f"≤ {logit(float(logits.max()))}",
+                      ctx.shown("weights", plain(weights[0]) if same(weights) else f"≤ {plain(float(weights.max()))}"))
     out = Text()
     if e.query_masked:
         out.append("this query position is masked: its output is 0\n", style="bold yellow")
     else:
-        products = " + ".join(f"{ctx.shown('weights', factor(e.weights[k]))}·{factor(e.values[k, 0])}" for k in range(n))
         result = ctx.shown("output", num(e.output[0]))
-        out.append(line(ctx, f"output[0] = Σ_j weights[j]·values[j, 0] = {products} = {result}",
-                        f"output[0] = Σ over the {n} keys of weights[j]·values[j, 0] = {result}") + "\n")
+        short = f"output[0] = Σ over the {n} keys of weights[j]·values[j, 0] = {result}"
+        weighted = [k for k in range(n) if e.weights[k] != 0]
+        if "weights" in ctx.hidden or not weighted:
+            out.append(short + "\n")
+        else:
+            products = " + ".join(f"{factor(e.weights[k])}·{factor(e.values[k, 0])}" for k in weighted)
+            others = f" (the other {n - len(weighted)} keys have weight 0)" if len(weighted) < n else ""
+            out.append(line(ctx, f"output[0] = Σ_j weights[j]·values[j, 0] = {products} = {result}{others}", short)
+                       + "\n")
     maps = attention_heatmaps(ctx)
     picture = stack(Text(maps[0].title, style="bold"), maps[0].block(), maps[0].scale.legend(10))
-    return Group(head, eq, out, table, picture)
+    return Group(head, eq, table, out, picture)
 
 
 # -- merge, normalisation, activations, masking -------------------------------------------------
@@ -771,12 +774,6 @@ def summary_heatmaps(ctx: ViewContext) -> list[Heatmap]:
     return [Heatmap(f"{name} output", flat, Scale.signed(flat), "position" if out.ndim == 2 else "", "unit")]
 
 
-@dataclass(frozen=True)
-class View:
-    render: Callable[[ViewContext], Any]
-    heatmaps: Callable[[ViewContext], list[Heatmap]] = summary_heatmaps
-
-
 #: THE table: event kind → its view. A layer without steps shows `SUMMARY`.
 VIEWS: dict[str, View] = {
     "conv_patch": View(conv_view, conv_heatmaps),
@@ -795,9 +792,25 @@ VIEWS: dict[str, View] = {
     "masking": View(masking_view),
     "dropout": View(dropout_view),
     "flatten_map": View(flatten_view),
+    # the backward pass (views/backward_views.py)
+    "loss_gradient": View(bv.loss_view, bv.loss_heatmaps),
+    "dense_gradient": View(bv.dense_gradient_view, bv.dense_gradient_heatmaps),
+    "conv_kernel_gradient": View(bv.kernel_gradient_view, bv.kernel_gradient_heatmaps),
+    "conv_input_gradient": View(bv.input_gradient_view, bv.gradient_summary_heatmaps),
+    "pool_routing": View(bv.pool_routing_view, bv.pool_routing_heatmaps),
+    "recurrent_gradient": View(bv.recurrent_gradient_view, bv.recurrent_gradient_heatmaps),
+    "saliency": View(bv.saliency_view, bv.saliency_heatmaps),
 }
 SUMMARY = View(summary_view, summary_heatmaps)
+GRADIENT_SUMMARY = View(bv.gradient_summary_view, bv.gradient_summary_heatmaps)  # a backward layer without steps
+for kind, view in VIEWS.items():  # a view without pictures of its own exports the layer summary's
+    if view.heatmaps is None:
+        VIEWS[kind] = View(view.render, summary_heatmaps)
 
 
-def view_for(event) -> View:
-    return SUMMARY if event is None else VIEWS.get(event.kind, SUMMARY)
+def view_for(event, trace=None) -> View:
+    """The view of `event`; a layer without steps shows its summary (of the gradient, in a
+    backward `trace`)."""
+    if event is None:
+        return GRADIENT_SUMMARY if getattr(trace, "backward", False) else SUMMARY
+    return VIEWS.get(event.kind, SUMMARY)

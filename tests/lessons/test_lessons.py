@@ -37,9 +37,9 @@ def screen_text(app) -> str:
     return "\n".join("".join(seg.text for seg in strip) for strip in app.screen._compositor.render_strips())
 
 
-def test_fifteen_topics_and_at_least_half_the_questions_compute():
-    assert len(LESSONS) >= 15
-    assert {l.model for l in LESSONS} == {"cnn", "rnn", "lstm"}
+def test_seventeen_topics_and_at_least_half_the_questions_compute():
+    assert len(LESSONS) >= 17
+    assert {l.model for l in LESSONS} == {"cnn", "rnn", "lstm", "gru", "attention"}
     kinds = [lesson.steps[i].question.kind for lesson, i in QUESTIONS]
     assert len(kinds) >= 25 and kinds.count("compute") * 2 >= len(kinds)
     tasks = {lesson.id for lesson in LESSONS for s in lesson.steps if s.task}
@@ -307,8 +307,8 @@ def test_a_lesson_with_a_mistake_names_file_and_step(tmp_path, traces):
                    'answer = { field = "total" }\n')
     with pytest.raises(LessonError, match="a compute question names its 'operands'"):
         parse_lesson(bad)
-    bad.write_text('title = "bad"\nmodel = "gru"\nsteps = []\n')
-    with pytest.raises(LessonError, match="99-bad.toml: model must be cnn, rnn or lstm"):
+    bad.write_text('title = "bad"\nmodel = "vgg"\nsteps = []\n')
+    with pytest.raises(LessonError, match="99-bad.toml: model must be one of cnn, rnn, lstm, gru, attention"):
         parse_lesson(bad)
 
 

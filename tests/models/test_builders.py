@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from nntrace.models.builders import TextSettings, build_text_model, lsa_vectors
+from nntrace.models.builders import AttentionSettings, TextSettings, build_text_model, lsa_vectors
 from nntrace.models.train import keras_input
 
 TEXTS = np.array(["makanan enak sekali", "makanan murah enak", "pelayanan buruk sekali", "pelayanan lambat buruk",
@@ -44,7 +44,10 @@ def test_subword_vectors_bring_words_with_one_stem_together():
 @pytest.mark.parametrize("settings", [
     TextSettings(cell="lstm", split="character", max_tokens=40, sequence_length=40, embedding_dim=4, units=3),
     TextSettings(cell="simple_rnn", units=3, embedding_dim=6, embedding_init="lsa_subword", bidirectional=False),
-], ids=["character-lstm", "subword-simple-rnn"])
+    TextSettings(cell="gru", units=3, embedding_dim=6, embedding_init="lsa"),
+    AttentionSettings(heads=2, units=3, embedding_dim=6),
+    AttentionSettings(heads=2, units=3, embedding_dim=6, embedding_init="lsa", pre_norm=True),
+], ids=["character-lstm", "subword-simple-rnn", "bidirectional-gru", "attention", "attention-pre-norm"])
 def test_built_text_models_have_exact_scratch_twins(settings):
     from nntrace.models import load_scratch
 
@@ -56,3 +59,7 @@ def test_built_text_models_have_exact_scratch_twins(settings):
     vocab = model.get_layer("text_vectorization").get_vocabulary()
     if settings.split == "character":
         assert all(len(token) == 1 for token in vocab[2:])
+    classes = [type(layer).__name__ for layer in model.layers]
+    if settings.cell == "attention":  # LayerNormalization before the attention with pre_norm, after the Add without
+        assert "MultiHeadAttention" in classes and "GlobalAveragePooling1D" in classes
+        assert (classes.index("LayerNormalization") < classes.index("MultiHeadAttention")) == settings.pre_norm

@@ -1,7 +1,7 @@
 """Forward-pass throughput: scratch vs Keras `model.predict`, same inputs, same batch size, one run.
 
 Prints images/s (or sequences/s) for both and the ratio scratch / Keras. Targets: CNN ≥ 0.5×,
-recurrent ≥ 1.0×.
+recurrent and attention ≥ 1.0×.
 
     python bench/bench_forward.py [--batch-size 128] [--repeats 3]
 """
@@ -39,8 +39,23 @@ def text_model(cell: str):
 
     inputs = keras.Input((60,), dtype="int32")
     x = L.Embedding(2000, 64, mask_zero=True)(inputs)
-    x = (L.Bidirectional(L.LSTM(64)) if cell == "lstm" else L.SimpleRNN(64))(x)
+    x = {"lstm": lambda: L.Bidirectional(L.LSTM(64)), "gru": lambda: L.Bidirectional(L.GRU(64)),
+         "simple_rnn": lambda: L.SimpleRNN(64)}[cell]()(x)
     return keras.Model(inputs, L.Dense(3, activation="softmax")(x), name=f"bench_{cell}")
+
+
+def transformer():
+    """A small transformer classifier: one encoder block (MultiHeadAttention 4×16 with the padding
+    mask, residual, LayerNorm, feed-forward 128, residual, LayerNorm), masked average, Dense 3."""
+    import keras
+    from keras import layers as L
+
+    inputs = keras.Input((60,), dtype="int32")
+    x = L.Embedding(2000, 64, mask_zero=True)(inputs)
+    x = L.LayerNormalization()(L.Add()([x, L.MultiHeadAttention(4, 16)(x, x)]))
+    x = L.LayerNormalization()(L.Add()([x, L.Dense(64)(L.Dense(128, activation="relu")(x))]))
+    x = L.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, L.Dense(3, activation="softmax")(x), name="bench_transformer")
 
 
 def compare(name: str, keras_model, x, batch_size: int, repeats: int) -> dict:
@@ -64,6 +79,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--only", nargs="+", choices=["cnn", "lstm", "simple_rnn", "gru", "transformer"],
+                        help="only these rows")
     args = parser.parse_args()
     from rich.console import Console
     from rich.table import Table
@@ -74,9 +91,13 @@ def main() -> None:
     lengths = rng.integers(5, 61, 400)
     ids[np.arange(60)[None, :] >= lengths[:, None]] = 0  # post-padded, mixed real lengths
 
-    rows = [compare("CNN (6 conv, 1,000 images)", seed_cnn(), images, args.batch_size, args.repeats),
-            compare("Bidirectional LSTM(64) (400 × 60)", text_model("lstm"), ids, args.batch_size, args.repeats),
-            compare("SimpleRNN(64) (400 × 60)", text_model("simple_rnn"), ids, args.batch_size, args.repeats)]
+    cases = {"cnn": ("CNN (6 conv, 1,000 images)", seed_cnn, images),
+             "lstm": ("Bidirectional LSTM(64) (400 × 60)", lambda: text_model("lstm"), ids),
+             "simple_rnn": ("SimpleRNN(64) (400 × 60)", lambda: text_model("simple_rnn"), ids),
+             "gru": ("Bidirectional GRU(64) (400 × 60)", lambda: text_model("gru"), ids),
+             "transformer": ("transformer, MHA 4×16 + FFN 128 (400 × 60)", transformer, ids)}
+    rows = [compare(name, build(), x, args.batch_size, args.repeats)
+            for key, (name, build, x) in cases.items() if not args.only or key in args.only]
     table = Table(title=f"forward throughput, batch size {args.batch_size}, {args.repeats} alternating runs")
     for col in ("model", "Keras /s (best)", "scratch /s (best)", "scratch ÷ Keras (median)", "max |Δp|"):
         table.add_column(col, justify="right" if col != "model" else "left")

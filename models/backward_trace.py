@@ -66,7 +66,7 @@ def trace_backward(model: Any, x: Any, label: int | None = None, sample: int = 0
     classes = (context.get("labels") or [])
     calls: dict[str, Any] = {}
     try:
-        g = gradients(model, one, np.array([label]), calls)
+        g = gradients(model, one, np.array([label]), calls, paths=False)
     except InputShapeError as exc:
         if classes and not 0 <= label < len(classes):
             raise InputShapeError(model.name, "model", f"a label from 0 to {len(classes) - 1}", str(label)) from exc

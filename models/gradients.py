@@ -277,7 +277,7 @@ def loss(model: Any, x: Any, y: Any) -> float:
 
 
 # -- the backward pass ----------------------------------------------------------------------------
-def gradients(model: Any, x: Any, y: Any, calls: dict | None = None) -> Gradients:
+def gradients(model: Any, x: Any, y: Any, calls: dict | None = None, paths: bool = True) -> Gradients:
     """The loss of batch `x` with class ids `y` and its gradients (see `Gradients`).
 
     The graph runs forward in topological order and backward in reverse; where a tensor feeds
@@ -291,6 +291,8 @@ def gradients(model: Any, x: Any, y: Any, calls: dict | None = None) -> Gradient
         calls: a dict that receives, per layer call, a `Call` (its record, output and input
             gradients, weight gradients, and the logits' gradient where the loss fed it), and
             under "" the loss's `LossInputs` (for the backward trace).
+        paths: name the variables by their Keras paths in `weights` (False: `weights` stays empty
+            and only `layer_weights` is filled; a model built by hand may have no unique paths).
     """
     fwd = forward_pass(model, x)
     out, head = fwd.output, fwd.head()
@@ -325,7 +327,7 @@ def gradients(model: Any, x: Any, y: Any, calls: dict | None = None) -> Gradient
             summed[name] = grad if name not in summed else summed[name] + grad
     d_inputs = [flow.gradient(name, value) for name, value in fwd.inputs.items()]
     order = [n.name for n in fwd.graph.nodes if n.name in outputs]
-    return Gradients(loss=loss_value, weights=keras_gradients(model, layer_weights),
+    return Gradients(loss=loss_value, weights=keras_gradients(model, layer_weights) if paths else {},
                      inputs=d_inputs[0] if len(d_inputs) == 1 else d_inputs,
                      outputs={name: outputs[name] for name in order},
                      from_logits=not probabilities, layer_weights=layer_weights)

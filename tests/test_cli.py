@@ -74,3 +74,38 @@ def test_the_first_frame_does_not_wait_for_tensorflow(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("kind,event_kind,heading", [("gru", "gru_step", "GRU forward sweep"),
+                                                     ("attention", "attention", "head 0, query 1 'tidak'")])
+def test_the_shipped_gru_and_attention_models_open_in_the_app(kind, event_kind, heading, tmp_path, capsys):
+    import asyncio
+    import json
+
+    from nntrace.models.inputs import PRETRAINED
+    from nntrace.tui import NNTraceApp
+
+    text = "Makanannya tidak enak sekali"
+    for argv in (["serve", kind], ["grad", kind], ["evaluate", kind], ["trace", kind, "-o", "x"], ["compare", kind]):
+        cli.build_parser().parse_args(argv)  # the shipped name is accepted wherever cnn, rnn and lstm are
+    session, scratch = cli.open_session(cli.build_parser().parse_args([kind, "--text", text]))
+    assert session.keras_path == PRETRAINED / f"{kind}.keras"
+    layer = next(name for name, _ in session.trace.layers
+                 if session.trace.has_steps(name) and any(e.kind == event_kind for e in session.trace.steps(name)))
+    card = json.loads((PRETRAINED / f"{kind}.json").read_text())
+    assert card["kind"] == kind and card["agreement"] == 100.0 and card["keras_f1"] == card["scratch_f1"]
+    assert card["settings"] == cli.settings_for(kind).to_dict()
+    app = NNTraceApp(session, scratch)
+
+    async def run():
+        async with app.run_test(size=(80, 24)) as pilot:
+            app.replay.go_to(layer, 0)
+            app.refresh_view()
+            await pilot.press("n", "down")
+            await pilot.pause()
+            screen = "\n".join("".join(s.text for s in strip) for strip in app.screen._compositor.render_strips())
+            assert heading in screen and "cannot show this step" not in screen
+
+    asyncio.run(run())
+    assert cli.main(["compare", kind, "--text", text]) == 0
+    assert "FAIL" not in capsys.readouterr().out

@@ -46,7 +46,7 @@ def test_command_runs_from_a_folder_with_a_decoy_models_py(tmp_path):
     out = subprocess.run([str(nntrace), "lessons"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "NNTRACE_STATE": str(tmp_path / "state")})
     assert out.returncode == 0, out.stderr
-    assert "decoy" not in out.stdout + out.stderr and "15" in out.stdout
+    assert "decoy" not in out.stdout + out.stderr and "17" in out.stdout
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +68,11 @@ def test_wheel_holds_only_the_nntrace_package(wheel):
     names = zipfile.ZipFile(path).namelist()
     top = {n.split("/")[0] for n in names}
     assert top == {"nntrace", path.name.split("-")[0] + "-" + path.name.split("-")[1] + ".dist-info"}
-    for kind in ("cnn", "simple_rnn", "lstm"):
+    for kind in ("cnn", "simple_rnn", "lstm", "gru", "attention"):
         for ext in ("keras", "npz", "json"):
             assert f"nntrace/models/pretrained/{kind}.{ext}" in names
     lessons = [n for n in names if n.startswith("nntrace/lessons/") and n.endswith(".toml")]
-    assert len(lessons) >= 15
+    assert len(lessons) >= 17
     assert "nntrace/reports/experiments.json" in names
     for module in ("nntrace/__init__.py", "nntrace/cli.py", "nntrace/tui.py", "nntrace/layers/conv.py",
                    "nntrace/views/render.py", "nntrace/tracer/io.py", "nntrace/lessons/runner.py"):
@@ -91,10 +91,11 @@ def test_wheel_installs_and_loads_the_shipped_model_outside_the_checkout(wheel, 
     (tmp_path / "models.py").write_text("raise SystemExit('decoy models.py was imported')\n")
     code = ("import nntrace, sys; from nntrace import load_scratch; from nntrace.models.inputs import PRETRAINED; "
             "from nntrace.lessons.runner import load_lessons; "
-            "m = load_scratch(PRETRAINED / 'cnn.npz'); print(nntrace.__file__); print(len(load_lessons()), m.name)")
+            "m = load_scratch(PRETRAINED / 'cnn.npz'); [load_scratch(PRETRAINED / f'{k}.npz') for k in ('gru', 'attention')]; "
+            "print(nntrace.__file__); print(len(load_lessons()), m.name)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(site)})
     assert out.returncode == 0, out.stderr
     where, summary = out.stdout.strip().splitlines()[-2:]
     assert where.startswith(str(site))
-    assert int(summary.split()[0]) >= 15
+    assert int(summary.split()[0]) >= 17

@@ -221,9 +221,10 @@ def input_gradient_view(ctx: ViewContext) -> Group:
         products = e.weights[k] * e.deltas[k]
         order = np.argsort(-np.abs(products), kind="stable")[:3]
         parts.append(Text(f"cell {k} (↑/↓ of {n}): output ({orow}, {ocol}) through tap ({ti}, {tj}): "
-                          f"Σ_f W·δ = {ctx.shown('cell_sums', num(e.cell_sums[k]))}; its largest: "
-                          + ", ".join(f"f{int(f)} {factor(e.weights[k, f])}·{factor(e.deltas[k, f])}" for f in order),
-                          style="dim"))
+                          f"Σ_f W·δ = {ctx.shown('cell_sums', num(e.cell_sums[k]))}", style="dim"))
+        largest = "its largest W·δ: " + ", ".join(f"f{int(f)} {factor(e.weights[k, f])}·{factor(e.deltas[k, f])}"
+                                                  for f in order)
+        parts.append(Text(largest if len(largest) <= ctx.width else largest[:largest.rfind(", f")], style="dim"))
         table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
         for col in ("cell", "output (row, col)", "tap (i, j)", "Σ_f W·δ"):
             table.add_column(col, justify="right", no_wrap=True)
@@ -324,7 +325,7 @@ def recurrent_gradient_equations(ctx: ViewContext) -> Text:
                     f"{ctx.shown('dz', num(e.dz[0, u]))}\n")
     else:
         text.append("δz, δr, δh̃: " + ", ".join(num(e.dz[row, u]) for row in range(e.dz.shape[0])) + "\n")
-    text.append(f"δh_prev = Σ δ(gates)·Uᵀ, to step t−1: {ctx.shown('dh_prev', num(e.dh_prev[u]))}   "
+    text.append(f"δh_prev = Σ δ(gates)·Uᵀ, to step t−1: {ctx.shown('dh_prev', num(e.dh_prev[u]))}\n"
                 f"‖δh‖ over the {len(e.dh)} units = {ctx.shown('norm', plain(e.norm))}", style="dim")
     return text
 
@@ -332,7 +333,7 @@ def recurrent_gradient_equations(ctx: ViewContext) -> Text:
 def recurrent_gradient_view(ctx: ViewContext) -> Group:
     e = ctx.event
     kind = {"lstm": "LSTM", "gru": "GRU"}.get(e.cell, "SimpleRNN")
-    head = Text(f"{clean_text(e.layer)}: {kind} {e.direction} sweep backward, token {e.time} "
+    head = Text(f"{clean_text(e.layer)}: {kind} {e.direction} sweep, gradients at token {e.time} "
                 f"{token_label(ctx.trace, e.time)}, unit {ctx.replay.unit} of 0–{len(e.dh) - 1}\n", style="bold")
     maps = recurrent_gradient_heatmaps(ctx)
     norms = Text("‖δh‖ per token (how much gradient reaches each step):\n", style="dim")

@@ -3,6 +3,7 @@ import json
 
 import keras
 import numpy as np
+import pytest
 
 from nntrace import cli
 from nntrace.models.callbacks import TrainingProgress
@@ -63,3 +64,26 @@ def test_cnn_shows_progress_and_takes_raw_pixels(tmp_path, data_dir, capsys):
     np.testing.assert_allclose(load_scratch(out / "cnn.npz").predict_proba(pixels), model.predict(pixels, verbose=0),
                                atol=1e-5)
     assert json.loads((out / "cnn.json").read_text())["labels"][0] == "airplane"
+
+
+@pytest.mark.parametrize("kind,layer_class", [("gru", "GRU"), ("attention", "MultiHeadAttention")])
+def test_the_gru_and_attention_demo_models_train_like_the_others(kind, layer_class, tmp_path, data_dir, capsys):
+    from nntrace.models import load_scratch
+    from nntrace.models.convert import load_keras
+
+    out = tmp_path / "models"
+    args = ["train", kind, "--quick", "--epochs", "1", "--data", str(data_dir), "--out", str(out), "--no-progress"]
+    assert cli.main(args) == 0
+    assert f"{kind}: test macro-F1" in capsys.readouterr().out
+    for suffix in (".keras", ".npz", ".json", "-history.json", "-loss.png"):
+        assert (out / f"{kind}{suffix}").exists(), suffix
+    card = json.loads((out / f"{kind}.json").read_text())
+    assert card["kind"] == kind and card["settings"] == cli.settings_for(kind).to_dict()
+    assert card["seed"] == cli.TRAIN_DEFAULTS[kind][3] and card["agreement"] == 100.0
+    scratch = load_scratch(out / f"{kind}.npz")
+    classes = {type(inner).__name__ for layer in scratch.layers
+               for inner in (layer, getattr(layer, "forward_layer", None)) if inner is not None}
+    assert layer_class in classes and scratch.takes_text
+    texts = np.array(["enak bagus sekali", "buruk kotor", ""])
+    np.testing.assert_allclose(scratch.predict_proba(texts),
+                               load_keras(out / f"{kind}.keras").predict(keras_input(texts), verbose=0), atol=1e-5)

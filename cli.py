@@ -430,6 +430,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 2
     scratch = load_scratch(path)
     x, described, _, _ = model_input(args, scratch)
+    if args.backward:
+        return compare_backward_pass(scratch, load_keras(keras_path), x, described, args.label)
     rows = compare(scratch, load_keras(keras_path), x)
     table = Table(title=f"{scratch.name} on {described}: scratch vs Keras (rtol {RTOL:g}, atol {ATOL:g})")
     for col in ("layer", "class", "output shape", "max |Δ|", ""):
@@ -439,6 +441,46 @@ def cmd_compare(args: argparse.Namespace) -> int:
                       "[green]pass[/green]" if r.passed else "[red]FAIL[/red]")
     Console().print(table)
     return 0 if all(r.passed for r in rows) else 1
+
+
+def compare_backward_pass(scratch, keras_model, x, described: str, label: int | None) -> int:
+    """`nntrace compare --backward`: each layer's gradient against tf.GradientTape for one input;
+    exit code 1 when one differs by more than the bound."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from nntrace.models.backward_trace import trace_backward
+    from nntrace.models.gradient_check import GRADIENT_REL, compare_backward
+
+    check_label(scratch, label)
+    t = trace_backward(scratch, x, label=label)
+    t.context["model_input"] = x
+    _, diffs = compare_backward(t, keras_model)
+    names = t.context.get("labels") or []
+    k = t.context["label"]
+    table = Table(title=f"{scratch.name} on {described}, loss against class {k}"
+                        f"{f' ({names[k]})' if k < len(names) else ''}: scratch vs tf.GradientTape "
+                        f"(max |g − g_tf| / max |g_tf| ≤ {GRADIENT_REL:g})")
+    for col in ("layer", "class", "gradient", "‖g‖", "max rel |Δ|", ""):
+        table.add_column(col)
+    events = {e.layer: e for e in t.events if e.kind == "layer_gradient"}
+    for name, cls in t.layers:
+        d = diffs.get(name)
+        e = events.get(name)
+        what = "the loss" if name == "loss" else "∂L/∂x (input)" if name == "input" else \
+            "∂L/∂z (checked: ∂L/∂x)" if e is not None and e.from_loss else "∂L/∂y"
+        norm = f"{t.context['loss']:.4e}" if name == "loss" else "" if e is None else f"{e.norm:.4e}"
+        table.add_row(name, cls, what, norm, "—" if d is None else f"{d[0]:.2e}",
+                      "" if d is None else "[green]pass[/green]" if d[1] else "[red]FAIL[/red]")
+    Console().print(table)
+    return 0 if all(ok for _, ok in diffs.values()) else 1
+
+
+def check_label(scratch, label: int | None) -> None:
+    """--label must name one of the model's classes."""
+    classes = scratch.meta.get("labels")
+    if label is not None and classes and not 0 <= label < len(classes):
+        raise UsageError(f"--label {label}: the model has classes 0–{len(classes) - 1}")
 
 
 def open_session(args: argparse.Namespace):
@@ -851,6 +893,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_ = sub.add_parser("compare", help="per-layer scratch vs Keras differences for one input")
     cmp_.add_argument("model", help="cnn, rnn, lstm, or a .keras/.npz file (with its .keras beside it)")
     add_input_options(cmp_)
+    cmp_.add_argument("--backward", action="store_true",
+                      help="compare each layer's gradient with tf.GradientTape instead of its output")
+    cmp_.add_argument("--label", type=non_negative_int,
+                      help="with --backward: the class the loss is taken against (default: the predicted one)")
     cmp_.set_defaults(func=cmd_compare)
 
     grad = sub.add_parser("grad", help="the backward pass on one input: loss, gradient norms, difference from "

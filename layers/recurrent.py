@@ -40,7 +40,8 @@ class SimpleRNNCell:
 
     def project_inputs(self, x: np.ndarray) -> np.ndarray:
         """`(batch, timesteps, features)` → `x @ kernel + bias`, `(batch, timesteps, units)`."""
-        z = x @ self.kernel
+        # one matrix product over every (sample, step): NumPy runs `(b, t, f) @ (f, n)` as b products
+        z = (x.reshape(-1, x.shape[-1]) @ self.kernel).reshape(x.shape[:-1] + self.kernel.shape[1:])
         if self.bias is not None:
             z += self.bias
         return z
@@ -197,9 +198,19 @@ class GRUCell:
         return {"z": z, "r": r, "h_tilde": h_tilde, "h_part": h_part, "recurrent_h": recurrent_h}
 
     def step(self, x_proj, states):
-        h_prev = states[0]
-        p = self.parts(x_proj, h_prev)
-        h = p["z"] * h_prev + (1 - p["z"]) * p["h_tilde"]
+        """One step, as `parts` computes it without keeping the parts: z and r in one activation call."""
+        h_prev, u = states[0], self.units
+        if self.reset_after:
+            inner = h_prev @ self.recurrent_kernel
+            if self.recurrent_bias is not None:
+                inner += self.recurrent_bias
+            zr = self.recurrent_activation(x_proj[:, :2 * u] + inner[:, :2 * u])
+            h_tilde = self.activation(x_proj[:, 2 * u:] + zr[:, u:] * inner[:, 2 * u:])
+        else:
+            zr = self.recurrent_activation(x_proj[:, :2 * u] + h_prev @ self.recurrent_kernel[:, :2 * u])
+            h_tilde = self.activation(x_proj[:, 2 * u:] + (zr[:, u:] * h_prev) @ self.recurrent_kernel[:, 2 * u:])
+        z = zr[:, :u]
+        h = z * h_prev + (1 - z) * h_tilde
         return h, [h]
 
     def step_cached(self, x_proj: np.ndarray, states: Sequence[np.ndarray]):

@@ -58,41 +58,8 @@ class KerasSide:
 
 
 def tape_comparison(keras_path: Path, trace) -> tuple[dict[str, np.ndarray], dict[str, tuple[float, bool]]]:
-    """tf.GradientTape's gradients for a backward trace's sample and label (TensorFlow is imported
-    here). Returns (layer → the tape's ∂L/∂y for the sample, layer → (max |g − g_tf| / max |g_tf|,
-    passed)); the loss row compares the loss, the input row the input's gradient, and the layer
-    whose softmax the loss reads its input's gradient."""
+    """tf.GradientTape's gradients for a backward trace (see `models.gradient_check.compare_backward`)."""
     from nntrace.models.convert import load_keras
-    from nntrace.models.gradient_check import keras_gradients, rel_error
+    from nntrace.models.gradient_check import compare_backward
 
-    keras_model = load_keras(keras_path)
-    label = np.array([int(trace.context["label"])])
-    tape = keras_gradients(keras_model, trace.context.get("model_input"), label)
-    grads = {name: g for name, g in tape["outputs"].items() if isinstance(g, np.ndarray)}
-    inbound = getattr(trace.model, "inbound", None) or {}
-    names = [n for n, _ in trace.layers]
-    diffs: dict[str, tuple[float, bool]] = {}
-    loss = next(e for e in trace.events if e.kind == "loss_gradient")
-    err = abs(loss.loss - tape["loss"]) / max(abs(tape["loss"]), 1e-12)
-    diffs["loss"] = (err, err <= GRADIENT_REL)
-    for e in trace.events:
-        if e.kind != "layer_gradient" or e.output_gradient is None:
-            continue
-        got, want = e.output_gradient, grads.get(e.layer)
-        if e.from_loss or want is None:  # compare what the layer passes on instead
-            sources = inbound.get(e.layer) or ([names[names.index(e.layer) + 1]] if names.index(e.layer) + 1 < len(names)
-                                               else [])
-            got, want = e.input_gradient, grads.get(sources[0]) if len(sources) == 1 else None
-        if got is None or want is None or np.shape(want[0]) != np.shape(got):
-            continue
-        err = rel_error(got, want[0])
-        diffs[e.layer] = (err, err <= GRADIENT_REL)
-    saliency = trace.recorded_steps.get("input")
-    if saliency and tape["inputs"] is not None:
-        err = rel_error(saliency[0].gradient, tape["inputs"][0])
-        diffs["input"] = (err, err <= GRADIENT_REL)
-    return {k: v[0] for k, v in grads.items()}, diffs
-
-
-#: max |g − g_tf| / max |g_tf| for a layer's gradient to pass (the bound the tests hold them to).
-GRADIENT_REL = 1e-4
+    return compare_backward(trace, load_keras(keras_path))

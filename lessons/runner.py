@@ -68,6 +68,7 @@ class Step:
     question: Question | None = None
     task: Task | None = None
     report: str | None = None        # an experiment group to show instead of a trace step
+    sgd: dict | None = None          # one SGD step on a copy of the model: {learning_rate = …}
 
 
 @dataclass
@@ -122,7 +123,7 @@ def parse_lesson(path: Path) -> Lesson:
         raise fail(path, None, f"model must be one of {', '.join(MODELS)}, got '{data['model']}'")
     steps = []
     for i, raw in enumerate(data["steps"]):
-        unknown = set(raw) - {"text", "goto", "question", "task", "report"}
+        unknown = set(raw) - {"text", "goto", "question", "task", "report", "sgd"}
         if unknown or "text" not in raw:
             raise fail(path, i, f"a step needs 'text' and may have 'goto', 'question', 'task' and 'report' "
                                 f"(unknown: {sorted(unknown)})")
@@ -135,7 +136,9 @@ def parse_lesson(path: Path) -> Lesson:
             task = Task(t["kind"], t["prompt"], t.get("hint", ""))
         if question and task:
             raise fail(path, i, "a step has a question or a task, not both")
-        steps.append(Step(raw["text"], raw.get("goto"), question, task, raw.get("report")))
+        if "sgd" in raw and not (isinstance(raw["sgd"], dict) and "learning_rate" in raw["sgd"]):
+            raise fail(path, i, "an 'sgd' step names its 'learning_rate'")
+        steps.append(Step(raw["text"], raw.get("goto"), question, task, raw.get("report"), raw.get("sgd")))
     number = int(path.stem.split("-")[0]) if path.stem.split("-")[0].isdigit() else 0
     return Lesson(number, data["title"], data["model"], data.get("input", {}), steps, path,
                   bool(data.get("needs_report", False)))
@@ -207,6 +210,12 @@ def step_matches(event, at: dict, trace, layer: str) -> bool:
                 target = int(np.argmax(np.abs(trace.model.layer(layer).weights["bias"])))
             if getattr(event, "unit", None) != target:
                 return False
+        elif key == "winner" and want == "not_first":  # max pooling: the winner is not window cell (0, 0)
+            if getattr(event, "winner", None) is None or tuple(event.winner) == (0, 0):
+                return False
+        elif key == "masked" and want is False:
+            if getattr(event, "masked", True):
+                return False
         elif key == "token":
             tokens = trace.context.get("tokens") or []
             t = getattr(event, "time", getattr(event, "position", getattr(event, "query", None)))
@@ -222,15 +231,27 @@ def step_matches(event, at: dict, trace, layer: str) -> bool:
 
 
 def resolve_goto(goto: dict, trace) -> tuple[str, int]:
-    """(layer name, index of the step event) for a step's `goto`."""
+    """(layer name, index of the step event) for a step's `goto`. `at = {largest = FIELD}` picks,
+    among the steps matching the rest of `at`, the one whose |FIELD| is largest."""
     layer = resolve_layer(goto["layer"], trace)
-    at = goto.get("at")
+    at = dict(goto.get("at") or {})
     if not at:
         return layer, 0
     if "step" in at and len(at) == 1:
         return layer, int(at["step"])
     if not trace.has_steps(layer):
         raise KeyError(f"layer '{layer}' has no fine-grained steps in this trace")
+    largest = at.pop("largest", None)
+    if largest is not None:
+        best, where = -1.0, None
+        for i, event in enumerate(trace.steps(layer)):
+            if step_matches(event, at, trace, layer) and getattr(event, largest, None) is not None:
+                size = float(np.max(np.abs(np.asarray(getattr(event, largest), np.float64))))
+                if size > best:
+                    best, where = size, i
+        if where is None:
+            raise KeyError(f"no step of '{layer}' matches {at} with a field '{largest}'")
+        return layer, where
     for i, event in enumerate(trace.steps(layer)):
         if step_matches(event, at, trace, layer):
             return layer, i
@@ -252,11 +273,15 @@ def resolve_unit(goto: dict | None, trace, event) -> int:
         if event.mask is None or event.mask.all():
             raise KeyError(f"'{event.label}' reads every key: no key is masked")
         return int(np.argmin(event.mask))
-    if isinstance(want, str) and want.split(":")[0] in ("max", "min"):  # e.g. max:weights, min:z
+    if want == "last":  # the last output cell of a kernel gradient (its running sum is the total)
+        return int(np.size(event.products)) - 1
+    if isinstance(want, str) and want.split(":")[0] in ("max", "min", "maxabs"):  # e.g. max:weights, min:z
         how, name = want.split(":", 1)
         if event is None or getattr(event, name, None) is None:
             raise KeyError(f"unit '{want}': the step has no field '{name}'")
         values = np.asarray(getattr(event, name), np.float64)
+        if how == "maxabs":  # e.g. maxabs:products (a flat cell index), maxabs:dc
+            return int(np.argmax(np.abs(values)))
         return int(np.argmax(values) if how == "max" else np.argmin(values))
     return int(want)
 
@@ -356,7 +381,7 @@ def operand_value(spec: str, trace, event, unit: int, layer: str | None = None,
     return float(out) if np.ndim(out) == 0 else out
 
 
-FUNCTIONS = {"sum": np.sum, "exp": np.exp, "tanh": np.tanh, "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
+FUNCTIONS = {"sum": np.sum, "exp": np.exp, "log": np.log, "tanh": np.tanh, "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
              "relu": lambda z: np.maximum(z, 0), "max": np.max, "min": np.min, "mean": np.mean,
              "floor": np.floor, "abs": np.abs, "count": lambda a: float(np.asarray(a).size)}
 

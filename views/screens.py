@@ -20,7 +20,9 @@ HELP = """\
 | `<` / `>` | previous / next filter or channel at the same cell |
 | `j` | jump: `step 7` (or `7`), `unit 0`, `class 3`, `token tidak`, `token 2`, `row col filter`, `row col channel`, `filter 5` |
 | `space`, `+`, `-` | play / pause, faster, slower |
-| `k` | show / hide the Keras values |
+| `b` | the backward pass (from the loss back to the input) / the forward pass |
+| `l` | the class the backward pass's loss is taken against (default: the predicted class) |
+| `k` | show / hide the Keras values (tf.GradientTape's in the backward pass) |
 | `g` | feature-map gallery of the current layer, scratch beside Keras |
 | `t` | type a new sentence (text models) |
 | `e` | export the current view as PNG (same pictures and colour scales) |

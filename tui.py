@@ -71,6 +71,7 @@ class NNTraceApp(App):
         Binding("minus", "speed(2)", "slower", show=False), Binding("j", "jump", "jump"),
         Binding("k", "toggle_keras", "Keras"), Binding("t", "new_text", "text", show=False),
         Binding("b", "backward", "backward"), Binding("l", "choose_label", "label", show=False),
+        Binding("v", "gradient_flow", "gradient per token", show=False),
         Binding("g", "gallery", "gallery"), Binding("e", "export", "PNG"),
         Binding("L", "toggle_layers", "layers", show=False),
         Binding("a", "answer", "answer"), Binding("enter", "submit", "check / next"),
@@ -295,9 +296,13 @@ class NNTraceApp(App):
             self.show_backward(self.passes.label)
         self.fill_layer_list()
 
-    def show_backward(self, label: int | None) -> None:
+    def show_backward(self, label: int | None, made=None) -> None:
+        """Show the backward pass against `label` (None: the predicted class); `made`: a backward
+        trace already built for this input (a lesson's)."""
         build = None
-        if self.model is not None:
+        if made is not None:
+            build = lambda x, label: made  # noqa: E731
+        elif self.model is not None:
             from nntrace.models.backward_trace import trace_backward
 
             build = functools.partial(trace_backward, self.model)
@@ -310,6 +315,22 @@ class NNTraceApp(App):
         name = f" '{clean_text(str(names[k]), 30)}'" if k < len(names) else ""
         self.message = (f"the backward pass against class {k}{name}: from the loss back to the input "
                         "(l: another class, b: the forward pass)")
+
+    @guarded
+    def action_gradient_flow(self) -> None:
+        """`v`: ‖∂L/∂h_t‖ per token for the shipped SimpleRNN and LSTM on the current sentence."""
+        if self.model is None or not self.model.takes_text:
+            raise JumpError("v compares how much gradient reaches each token in the shipped SimpleRNN and LSTM: "
+                            "open a text model (nntrace lstm)")
+        from nntrace.models import load_scratch
+        from nntrace.models.backward_trace import trace_backward
+        from nntrace.models.inputs import resolve_model
+        from nntrace.views.gradient_flow import FlowScreen, gradient_flow_text
+
+        sentence = self.passes.forward.trace.context.get("text") or ""
+        traces = [(title, trace_backward(load_scratch(resolve_model(kind)), [sentence]))
+                  for kind, title in (("rnn", "SimpleRNN"), ("lstm", "LSTM"))]
+        self.push_screen(FlowScreen(gradient_flow_text(traces, sentence)))
 
     @guarded
     def action_choose_label(self) -> None:
@@ -360,6 +381,12 @@ class NNTraceApp(App):
             ctx = self.view_context()
             report = self.lesson_report()
             self.view_renderable = report if report is not None else view_for(ctx.event, ctx.trace).render(ctx)
+            if report is None and self.lesson is not None and not self.lesson.finished and self.lesson.sgd:
+                from rich.console import Group
+
+                from nntrace.views.backward_views import sgd_view
+
+                self.view_renderable = Group(sgd_view(self.lesson.sgd, ctx), self.view_renderable)
         except Exception as exc:  # noqa: BLE001 — a view must never take the app down
             self.view_renderable = Text(f"cannot show this step: {exc} (details in {log_exception(exc, 'a view')})",
                                         style="bold red")

@@ -22,6 +22,7 @@ HELP = """\
 | `space`, `+`, `-` | play / pause, faster, slower |
 | `b` | the backward pass (from the loss back to the input) / the forward pass |
 | `l` | the class the backward pass's loss is taken against (default: the predicted class) |
+| `v` | text models: how much gradient reaches each token, the shipped SimpleRNN beside the LSTM |
 | `k` | show / hide the Keras values (tf.GradientTape's in the backward pass) |
 | `g` | feature-map gallery of the current layer, scratch beside Keras |
 | `t` | type a new sentence (text models) |

@@ -177,3 +177,48 @@ def test_a_replayed_trace_without_a_backward_pass_says_so():
             assert not app.trace.backward and "no backward pass" in app.message
 
     asyncio.run(run())
+
+
+def test_v_shows_the_gradient_per_token_of_the_shipped_simplernn_beside_the_lstm():
+    from nntrace.models import load_scratch
+    from nntrace.models.backward_trace import trace_backward
+    from nntrace.views.gradient_flow import FlowScreen, token_norms
+    from tests.views.test_screen_arithmetic import Console
+
+    import io
+
+    app = lstm_app()
+    sentence = app.trace.context["text"]
+
+    async def run():
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("v")
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, FlowScreen)
+            console = Console(width=120, record=True, file=io.StringIO(), color_system=None)
+            console.print(screen.text)
+            return console.export_text()
+
+    text = asyncio.run(run())
+    for kind in ("simple_rnn", "lstm"):
+        t = trace_backward(load_scratch(f"models/pretrained/{kind}.npz"), [sentence])
+        norms = token_norms(t)
+        assert len(norms) == len(t.context["tokens"])
+        real = [e for e in norms.values() if t.context["tokens"][e.time]]
+        assert len(real) == 4
+        for e in real:
+            assert f"{e.norm:.4f}" in text
+    assert "SimpleRNN" in text and "LSTM" in text
+
+
+def test_v_on_an_image_model_says_what_it_is_for():
+    app = cnn_app()
+
+    async def run():
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("v")
+            await pilot.pause()
+            return app.message
+
+    assert "text model" in asyncio.run(run())

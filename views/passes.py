@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from nntrace.layers.errors import NNTraceError
 from nntrace.views.keras_side import KerasSide
 from nntrace.views.replay import JumpError, Replay
 
@@ -39,7 +40,10 @@ class Passes:
                                 "another class needs the model (nntrace cnn|rnn|lstm)")
             made = self.recorded
         else:
-            made = build(forward.context.get("model_input"), label)
+            try:
+                made = build(forward.context.get("model_input"), label)
+            except NNTraceError as exc:  # e.g. a layer without a backward pass: said on screen, once
+                raise JumpError(f"no backward pass for this model: {exc}") from None
             made.context.setdefault("model_input", forward.context.get("model_input"))
             made.context.setdefault("true_label", forward.context.get("true_label"))
         if self.backward is None:

@@ -222,3 +222,25 @@ def test_v_on_an_image_model_says_what_it_is_for():
             return app.message
 
     assert "text model" in asyncio.run(run())
+
+
+def test_a_model_whose_backward_pass_is_refused_says_so_in_one_line(monkeypatch):
+    from nntrace.layers import Dense
+    from nntrace.layers.errors import UnsupportedLayerError
+
+    def refuse(self, *args, **kwargs):
+        raise UnsupportedLayerError(self.name, "Dense", ["Conv2D"], "has no backward pass yet")
+
+    monkeypatch.setattr(Dense, "backward_pre_activation", refuse)
+    app = cnn_app()
+
+    async def run():
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("b")
+            await pilot.pause()
+            return app.message, app.trace.backward
+
+    message, backward = asyncio.run(run())
+    assert not backward
+    assert message.startswith("no backward pass for this model") and "predictions" in message
+    assert "unexpected" not in message

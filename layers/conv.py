@@ -7,6 +7,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from nntrace.layers import activations
+from nntrace.layers.parallel import over_batch
 from nntrace.layers.base import Layer, as_float32
 
 
@@ -135,13 +136,17 @@ class Conv2D(Layer):
             self.expect(np.empty((0, 0)), 4, None, f"at least {kh}×{kw} pixels, got {h}×{w}")
         (t, b), (l, r), oh, ow = output_geometry(h, w, self.kernel_size, self.strides, self.padding)
         out = np.empty((n, oh, ow, filters), np.float32)
-        for s, m, cols in self.column_chunks(x, oh, ow):
-            z = out[s:s + m].reshape(-1, filters)
-            np.matmul(cols.reshape(-1, kh * kw * cin), self.kernel_matrix, out=z)
-            if "bias" in self.weights:
-                z += self.weights["bias"]
-            if activate:
-                self.activate_in_place(z)
+
+        def part(lo: int, hi: int) -> None:  # images lo … hi − 1, in chunks of reused buffers
+            for s, m, cols in self.column_chunks(x[lo:hi], oh, ow):
+                z = out[lo + s:lo + s + m].reshape(-1, filters)
+                np.matmul(cols.reshape(-1, kh * kw * cin), self.kernel_matrix, out=z)
+                if "bias" in self.weights:
+                    z += self.weights["bias"]
+                if activate:
+                    self.activate_in_place(z)
+
+        over_batch(part, n)
         return out
 
     def convolve_general(self, x: np.ndarray, activate: bool) -> np.ndarray:
@@ -211,13 +216,21 @@ class Conv2D(Layer):
             return dx, grads
         (kh, kw), cin, filters = self.kernel_size, kernel.shape[2], kernel.shape[3]
         _, _, oh, ow = output_geometry(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
-        d_kernel = np.zeros((kh * kw * cin, filters), np.float32)
-        for s, m, cols in self.column_chunks(x, oh, ow):
-            d_kernel += cols.reshape(-1, kh * kw * cin).T @ dz[s:s + m].reshape(-1, filters)
+        dx = np.empty(x.shape, np.float32)
+
+        def part(lo: int, hi: int) -> np.ndarray:  # images lo … hi − 1: their share of dW, and their dx
+            d_kernel = np.zeros((kh * kw * cin, filters), np.float32)
+            for s, m, cols in self.column_chunks(x[lo:hi], oh, ow):
+                d_kernel += cols.reshape(-1, kh * kw * cin).T @ dz[lo + s:lo + s + m].reshape(-1, filters)
+            shape = (hi - lo,) + x.shape[1:]
+            dx[lo:hi] = self.flipped_correlation(dz[lo:hi], shape) if self.strides == (1, 1) else \
+                self.col2im(dz[lo:hi], shape)
+            return d_kernel
+
+        d_kernel = sum(over_batch(part, x.shape[0]))
         grads = {"kernel": d_kernel.reshape(kernel.shape)}
         if "bias" in self.weights:
             grads["bias"] = dz.sum(axis=(0, 1, 2), dtype=np.float32)
-        dx = self.flipped_correlation(dz, x.shape) if self.strides == (1, 1) else self.col2im(dz, x.shape)
         return dx, grads
 
     def flipped_correlation(self, dz: np.ndarray, shape: tuple) -> np.ndarray:

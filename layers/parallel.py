@@ -1,0 +1,54 @@
+"""Work over a batch split between the machine's cores: each part runs in its own thread with the
+BLAS library held to one thread, so that both cores do the im2col copies and the matrix products
+(NumPy releases the GIL in both) instead of one core copying while BLAS waits, and no BLAS thread
+spins on a core the other part is using.
+
+    parts = over_batch(lambda lo, hi: work(x[lo:hi]), len(x))   # [work(first half), work(second half)]
+
+Small batches (one traced sample) run in the calling thread as they are.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+#: Below this many samples the batch is not split (the threads would cost more than they save).
+MIN_SPLIT = 8
+
+_pool: ThreadPoolExecutor | None = None
+_controller = None
+
+
+def workers() -> int:
+    """How many parts a batch is split into: the cores this process may use, at most 4
+    (`NNTRACE_THREADS` overrides; 1 turns the splitting off)."""
+    given = os.environ.get("NNTRACE_THREADS")
+    if given and given.isdigit() and int(given) > 0:
+        return int(given)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
+def over_batch(work: Callable[[int, int], T], n: int) -> list[T]:
+    """`work(lo, hi)` over consecutive parts of `range(n)`, in parallel when it pays; the results
+    in order. An exception in any part is raised here."""
+    parts = min(workers(), n // MIN_SPLIT)
+    if parts <= 1:
+        return [work(0, n)]
+    global _pool, _controller
+    if _pool is None or _pool._max_workers < parts:  # noqa: SLF001 — grown once when more parts are asked
+        _pool = ThreadPoolExecutor(parts, thread_name_prefix="nntrace")
+    if _controller is None:
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController()
+    bounds = [n * k // parts for k in range(parts + 1)]
+    with _controller.limit(limits=1, user_api="blas"):
+        futures = [_pool.submit(work, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+        return [f.result() for f in futures]

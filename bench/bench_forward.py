@@ -75,10 +75,35 @@ def compare(name: str, keras_model, x, batch_size: int, repeats: int) -> dict:
             "ratio": statistics.median(k / s for k, s in pairs), "max_diff": diff}
 
 
+def layer_profile(keras_model, x, batch_size: int) -> list[tuple[str, str, float]]:
+    """Where the scratch forward pass spends its time: (layer, class, seconds over all of `x`),
+    each layer timed between the outputs `forward_layers` yields, best of 2 passes."""
+    import time
+
+    from nntrace.models import load_scratch
+
+    scratch = load_scratch(keras_model)
+    best: dict[str, list] = {}
+    for _ in range(2):
+        spent: dict[str, float] = {}
+        for i in range(0, len(x), batch_size):
+            start = time.perf_counter()
+            for layer, _, _ in scratch.forward_layers(x[i:i + batch_size]):
+                now = time.perf_counter()
+                spent[layer.name] = spent.get(layer.name, 0.0) + now - start
+                start = now
+        for layer in scratch.layers:
+            if layer.name in spent:
+                row = best.setdefault(layer.name, [layer.name, type(layer).__name__, spent[layer.name]])
+                row[2] = min(row[2], spent[layer.name])
+    return [tuple(r) for r in best.values()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--profile", action="store_true", help="also print the scratch CNN's time per layer")
     parser.add_argument("--only", nargs="+", choices=["cnn", "lstm", "simple_rnn", "gru", "transformer"],
                         help="only these rows")
     args = parser.parse_args()
@@ -104,6 +129,15 @@ def main() -> None:
     for r in rows:
         table.add_row(r["name"], f"{r['keras']:.0f}", f"{r['scratch']:.0f}", f"{r['ratio']:.2f}×", f"{r['max_diff']:.1e}")
     Console().print(table)
+    if args.profile:
+        profile = Table(title=f"scratch CNN forward, time per layer (1,000 images, batch {args.batch_size})")
+        for col in ("layer", "class", "ms", "share"):
+            profile.add_column(col, justify="left" if col in ("layer", "class") else "right")
+        rows = layer_profile(seed_cnn(), images, args.batch_size)
+        total = sum(t for _, _, t in rows) or 1.0
+        for name, cls, t in rows:
+            profile.add_row(name, cls, f"{t * 1000:.0f}", f"{t / total:.0%}")
+        Console().print(profile)
 
 
 if __name__ == "__main__":

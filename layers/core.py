@@ -5,6 +5,7 @@ import numpy as np
 
 from nntrace.layers import activations
 from nntrace.layers.base import Layer, as_float32
+from nntrace.layers.parallel import MIN_SPLIT, over_batch
 from nntrace.layers.errors import InputShapeError
 
 
@@ -41,6 +42,8 @@ class Dense(Layer):
 
     def call(self, x, mask, training):
         self.check_input(x)
+        if x.ndim == 2 and x.shape[0] >= 2 * MIN_SPLIT:  # a batch of vectors: split over the cores
+            return np.concatenate(over_batch(lambda lo, hi: self.act(self.pre_activation(x[lo:hi])), x.shape[0]))
         return self.act(self.pre_activation(x))
 
     def forward_with_cache(self, x, mask=None):

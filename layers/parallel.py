@@ -10,6 +10,7 @@ Small batches (one traced sample) run in the calling thread as they are.
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, TypeVar
 
@@ -18,6 +19,7 @@ T = TypeVar("T")
 #: Below this many samples the batch is not split (the threads would cost more than they save).
 MIN_SPLIT = 8
 
+PREFIX = "nntrace-part"
 _pool: ThreadPoolExecutor | None = None
 _controller = None
 
@@ -39,11 +41,11 @@ def over_batch(work: Callable[[int, int], T], n: int) -> list[T]:
     """`work(lo, hi)` over consecutive parts of `range(n)`, in parallel when it pays; the results
     in order. An exception in any part is raised here."""
     parts = min(workers(), n // MIN_SPLIT)
-    if parts <= 1:
+    if parts <= 1 or threading.current_thread().name.startswith(PREFIX):  # already inside a part: no nesting
         return [work(0, n)]
     global _pool, _controller
     if _pool is None or _pool._max_workers < parts:  # noqa: SLF001 — grown once when more parts are asked
-        _pool = ThreadPoolExecutor(parts, thread_name_prefix="nntrace")
+        _pool = ThreadPoolExecutor(parts, thread_name_prefix=PREFIX)
     if _controller is None:
         from threadpoolctl import ThreadpoolController
 

@@ -13,6 +13,7 @@ import numpy as np
 from nntrace.layers import activations
 from nntrace.layers.base import Layer, as_float32
 from nntrace.layers.errors import InputShapeError
+from nntrace.layers.parallel import over_batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,8 +468,13 @@ class Recurrent(Layer):
                     bool(self.config.get("zero_output_for_mask", False)), tape)
 
     def call(self, x, mask, training):
-        last, outputs, _ = self.run(x, mask)
-        return outputs if self.config.get("return_sequences", False) else last
+        self.check_input(x, mask)
+
+        def part(lo: int, hi: int) -> np.ndarray:  # sequences lo … hi − 1
+            last, outputs, _ = self.run(x[lo:hi], None if mask is None else np.asarray(mask)[lo:hi])
+            return outputs if self.config.get("return_sequences", False) else last
+
+        return np.concatenate(over_batch(part, x.shape[0]))
 
     def forward_with_cache(self, x, mask=None):
         """The output and the scan's tape (each step's cell cache) for `backward`."""
@@ -756,7 +762,13 @@ class Bidirectional(Layer):
         return y, y_rev
 
     def call(self, x, mask, training):
-        return self.merge(*self.directions(x, mask))
+        def part(lo: int, hi: int):  # sequences lo … hi − 1, both directions
+            return self.merge(*self.directions(x[lo:hi], None if mask is None else np.asarray(mask)[lo:hi]))
+
+        parts = over_batch(part, np.shape(x)[0])
+        if isinstance(parts[0], tuple):  # merge_mode None: a pair
+            return tuple(np.concatenate(side) for side in zip(*parts))
+        return np.concatenate(parts)
 
     def forward_with_cache(self, x, mask=None):
         """The merged output, and for `backward` both directions' outputs (backward in input time

@@ -309,25 +309,57 @@ class MultiHeadAttention(AttentionLayer):
             out = out & p
         return out
 
-    def parts(self, x, mask, use_causal_mask: bool = False) -> dict[str, Any]:
+    def attend(self, qp: np.ndarray, kp: np.ndarray, vp: np.ndarray, allowed: np.ndarray | None, scale: np.float32,
+               keep: bool = True) -> tuple:
+        """Projections `(batch, L, heads, width)` → (scores, scaled, logits, weights `(batch, heads, T,
+        S)`, each head's output `(batch, T, heads, value_dim)`), a few samples at a time so that the
+        chain stays in the cache. Without `keep` (the forward pass) only the heads' outputs are made
+        and the four others are None.
+
+        `scaled = scores·scale`; the logits are `scaled` where a key is allowed and, elsewhere,
+        TensorFlow's large negative (dot_product_attention) or, with `dropout` > 0, Keras's Softmax
+        layer's `−1e9` (whose masked weights are then 0); `weights = softmax(logits)`."""
+        b, t, n, _ = qp.shape
+        shape = (b, n, t, kp.shape[1])
+        kept = [np.empty(shape, np.float32) for _ in range(4)] if keep else None
+        heads = np.empty((b, n, t, vp.shape[-1]), np.float32)
+        qt, kt, vt = qp.transpose(0, 2, 1, 3), kp.transpose(0, 2, 3, 1), vp.transpose(0, 2, 1, 3)
+        keras_softmax = float(self.config.get("dropout", 0.0)) > 0
+        fill = -KERAS_LARGE_NEGATIVE if keras_softmax else TF_LARGE_NEGATIVE
+        chunk = max(1, (1 << 18) // max(1, n * t * shape[-1]))  # about 1 MB of scores per chunk
+        for i in range(0, b, chunk):
+            part = slice(i, i + chunk)
+            scores = np.matmul(qt[part], kt[part], out=kept[0][part] if keep else None)
+            scaled = np.multiply(scores, scale, out=kept[1][part] if keep else scores)
+            logits = kept[2][part] if keep else scaled
+            if keep:
+                np.copyto(logits, scaled)
+            blocked = None
+            if allowed is not None:
+                blocked = ~(allowed if allowed.shape[0] == 1 else allowed[part])[:, None]
+                np.copyto(logits, fill, where=blocked)
+            weights = kept[3][part] if keep else logits  # softmax_last, in place
+            np.subtract(logits, np.fmax.reduce(logits, axis=-1, keepdims=True), out=weights)
+            np.exp(weights, out=weights)
+            weights /= np.sum(weights, axis=-1, keepdims=True)
+            if keras_softmax and blocked is not None:
+                np.copyto(weights, np.float32(0), where=blocked)
+            np.matmul(weights, vt[part], out=heads[part])
+        return (*(kept or [None] * 4), heads.transpose(0, 2, 1, 3))
+
+    def call(self, x, mask, training, use_causal_mask=False):
+        return self.parts(x, mask, bool(use_causal_mask), keep=False)["output"]
+
+    def parts(self, x, mask, use_causal_mask: bool = False, keep: bool = True) -> dict[str, Any]:
         """Every stage for the batch, heads on axis 1: projections, scores `(batch, heads, T, S)`
-        before and after scaling, the softmax input and weights, each head's output, the output."""
+        before and after scaling, the softmax input and weights, each head's output, the output.
+        Without `keep` (the forward pass) scores, scaled, logits and weights are None."""
         q, v, k, _ = self.unpack(x)
         allowed = self.allowed(x, mask, use_causal_mask)
         qp, kp, vp = self.project(q, "query"), self.project(k, "key"), self.project(v, "value")
         scale = np.float32(1.0 / np.sqrt(float(self.key_dim)))
-        scores = qp.transpose(0, 2, 1, 3) @ kp.transpose(0, 2, 3, 1)  # (b, n, T, h) @ (b, n, h, S): faster than einsum
-        scaled = scores * scale
-        full = None if allowed is None else np.broadcast_to(allowed[:, None], scaled.shape)
-        if float(self.config.get("dropout", 0.0)) > 0:  # Keras's own path: its Softmax layer
-            logits = scaled if full is None else np.where(full, scaled, -KERAS_LARGE_NEGATIVE)
-            weights = softmax_last(logits)
-            if full is not None:
-                weights = np.where(full, weights, np.float32(0))
-        else:  # TensorFlow's dot_product_attention
-            logits = scaled if full is None else np.where(full, scaled, TF_LARGE_NEGATIVE)
-            weights = softmax_last(logits)
-        heads = (weights @ vp.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)  # (b, n, T, S) @ (b, n, S, h) → (b, T, n, h)
+        scores, scaled, logits, weights, heads = self.attend(qp, kp, vp, allowed, scale, keep)
+        full = None if allowed is None or not keep else np.broadcast_to(allowed[:, None], scores.shape)
         gated, gate = heads, None
         if "gate_kernel" in self.weights:
             gate = activations.sigmoid(self.project(q, "gate"))

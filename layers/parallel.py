@@ -37,20 +37,44 @@ def workers() -> int:
     return max(1, min(cores, 4))
 
 
+def together(*tasks: Callable[[], T]) -> list[T]:
+    """Independent tasks (e.g. a Bidirectional layer's two directions) at once, one per core when
+    there are cores to spare; their results in order."""
+    if len(tasks) <= 1 or workers() <= 1 or threading.current_thread().name.startswith(PREFIX):
+        return [task() for task in tasks]
+    with limited_blas(len(tasks)) as pool:
+        futures = [pool.submit(task) for task in tasks]
+        return [f.result() for f in futures]
+
+
+class limited_blas:
+    """The thread pool (at least `size` threads), with BLAS held to one thread while in use."""
+
+    def __init__(self, size: int) -> None:
+        global _pool, _controller
+        if _pool is None or _pool._max_workers < size:  # noqa: SLF001 — grown once when more are asked
+            _pool = ThreadPoolExecutor(size, thread_name_prefix=PREFIX)
+        if _controller is None:
+            from threadpoolctl import ThreadpoolController
+
+            _controller = ThreadpoolController()
+        self.limit = _controller.limit(limits=1, user_api="blas")
+
+    def __enter__(self) -> ThreadPoolExecutor:
+        self.limit.__enter__()
+        return _pool
+
+    def __exit__(self, *exc) -> None:
+        self.limit.__exit__(*exc)
+
+
 def over_batch(work: Callable[[int, int], T], n: int) -> list[T]:
     """`work(lo, hi)` over consecutive parts of `range(n)`, in parallel when it pays; the results
     in order. An exception in any part is raised here."""
     parts = min(workers(), n // MIN_SPLIT)
     if parts <= 1 or threading.current_thread().name.startswith(PREFIX):  # already inside a part: no nesting
         return [work(0, n)]
-    global _pool, _controller
-    if _pool is None or _pool._max_workers < parts:  # noqa: SLF001 — grown once when more parts are asked
-        _pool = ThreadPoolExecutor(parts, thread_name_prefix=PREFIX)
-    if _controller is None:
-        from threadpoolctl import ThreadpoolController
-
-        _controller = ThreadpoolController()
     bounds = [n * k // parts for k in range(parts + 1)]
-    with _controller.limit(limits=1, user_api="blas"):
-        futures = [_pool.submit(work, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+    with limited_blas(parts) as pool:
+        futures = [pool.submit(work, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
         return [f.result() for f in futures]

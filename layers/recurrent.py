@@ -13,7 +13,7 @@ import numpy as np
 from nntrace.layers import activations
 from nntrace.layers.base import Layer, as_float32
 from nntrace.layers.errors import InputShapeError
-from nntrace.layers.parallel import over_batch
+from nntrace.layers.parallel import over_batch, together
 
 
 # ---------------------------------------------------------------------------------------------
@@ -773,8 +773,8 @@ class Bidirectional(Layer):
     def forward_with_cache(self, x, mask=None):
         """The merged output, and for `backward` both directions' outputs (backward in input time
         order) and tapes."""
-        y, tape = self.forward_layer.forward_with_cache(x, mask)
-        y_rev, tape_rev = self.backward_layer.forward_with_cache(x, mask)
+        (y, tape), (y_rev, tape_rev) = together(lambda: self.forward_layer.forward_with_cache(x, mask),
+                                                lambda: self.backward_layer.forward_with_cache(x, mask))
         if self.return_sequences:
             y_rev = y_rev[:, ::-1]
         return self.merge(y, y_rev), (y, y_rev, tape, tape_rev)
@@ -801,8 +801,9 @@ class Bidirectional(Layer):
         d_fwd, d_rev = self.split_gradient(dy, y_fwd, y_rev)
         if self.return_sequences:
             d_rev = d_rev[:, ::-1]  # back to the backward layer's processing order
-        dx, grads = self.forward_layer.backward(d_fwd, x, mask, cache=tape)
-        dx_rev, grads_rev = self.backward_layer.backward(d_rev, x, mask, cache=tape_rev)
+        (dx, grads), (dx_rev, grads_rev) = together(
+            lambda: self.forward_layer.backward(d_fwd, x, mask, cache=tape),
+            lambda: self.backward_layer.backward(d_rev, x, mask, cache=tape_rev))
         return dx + dx_rev, {**{f"forward_{k}": v for k, v in grads.items()},
                              **{f"backward_{k}": v for k, v in grads_rev.items()}}
 

@@ -226,3 +226,28 @@ def test_the_shipped_cnn_backward_trace_matches_its_gradients():
     assert first.total == pytest.approx(g.layer_weights["conv2d_1"]["kernel"][1, 2, 0, 5], rel=1e-4, abs=1e-7)
     with pytest.raises(Exception, match="label"):
         trace_backward(model, image, label=10)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_gru_backward_steps_recombine_to_the_input_bias_and_kernel(reset_after):
+    from nntrace.layers import GRU
+
+    vocab, dim, units = 9, 4, 3
+    emb = Embedding("emb", input_dim=vocab, output_dim=dim, mask_zero=True)
+    emb.set_weights([rng.normal(size=(vocab, dim)).astype(np.float32)])
+    gru = GRU("rnn", units=units, reset_after=reset_after)
+    bias = rng.normal(size=(2, 3 * units) if reset_after else (3 * units,)).astype(np.float32)
+    gru.set_weights([rng.normal(size=(dim, 3 * units)).astype(np.float32),
+                     rng.normal(size=(units, 3 * units)).astype(np.float32), bias])
+    head = Dense("head", units=3, activation="softmax")
+    head.set_weights([rng.normal(size=(units, 3)).astype(np.float32), np.zeros(3, np.float32)])
+    model = ScratchModel([emb, gru, head], name="gru")
+    ids = np.array([[2, 4, 8, 1, 0]], np.int32)
+    t = trace_backward(model, ids, label=0)
+    g = grads_of(model, ids, 0)
+    steps = list(t.steps("rnn"))
+    assert [e.cell for e in steps] == ["gru"] * 5 and [e.masked for e in steps] == [True] + [False] * 4
+    input_bias = g.layer_weights["rnn"]["bias"][0] if reset_after else g.layer_weights["rnn"]["bias"]
+    np.testing.assert_allclose(sum(e.dz.reshape(-1) for e in steps if not e.masked), input_bias, rtol=1e-4, atol=1e-6)
+    for later, earlier in zip(steps, steps[1:]):
+        np.testing.assert_array_equal(earlier.dh_next, later.dh_prev)

@@ -336,10 +336,24 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"--layer {unknown[0]}: model '{scratch.name}' has no such layer; its layers: "
                          f"{', '.join(names)}")
+    if args.label is not None and not args.backward:
+        raise UsageError("--label chooses the class of the backward pass: pass it with --backward")
+    check_label(scratch, args.label)
     x, described, _, _ = model_input(args, scratch)
     t = trace(scratch, x)
-    path = save_trace(t, args.output, layers=args.layer, everything=args.all, overwrite=args.overwrite)
-    print(f"traced {scratch.name} on {described}: {len(t.layers)} layers → {path} (+ {path.name}.npz)")
+    backward = None
+    if args.backward:
+        from nntrace.models.backward_trace import trace_backward
+
+        classes = int(t.output(t.layers[-1][0]).shape[-1])
+        if args.label is not None and args.label >= classes:
+            raise UsageError(f"--label {args.label}: the model has classes 0–{classes - 1}")
+        t.context["model_input"] = x  # the app shows the picture beside the saliency map
+        backward = trace_backward(scratch, x, label=args.label)
+    path = save_trace(t, args.output, layers=args.layer, everything=args.all, overwrite=args.overwrite,
+                      backward=backward)
+    against = "" if backward is None else f" and its backward pass against class {backward.context['label']}"
+    print(f"traced {scratch.name} on {described}{against}: {len(t.layers)} layers → {path} (+ {path.name}.npz)")
     return 0
 
 
@@ -609,13 +623,13 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from nntrace.tracer.io import load_trace
+    from nntrace.tracer.io import load_traces
     from nntrace.tui import NNTraceApp, Session
 
-    t = load_trace(args.file)
+    t, backward = load_traces(args.file)
     described = t.context.get("text") and f'"{t.context["text"]}"' or f"replay of {args.file}"
-    return run_app(lambda log: NNTraceApp(Session(t, described, None, "replaying a recorded trace: Keras is not loaded"),
-                                          log=log))
+    return run_app(lambda log: NNTraceApp(Session(t, described, None, "replaying a recorded trace: Keras is not loaded",
+                                                  backward_trace=backward), log=log))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -880,18 +894,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
 
-    tr = sub.add_parser("trace", help="record a forward pass to a trace file (JSON lines + .npz)")
-    tr.add_argument("model", help="cnn, rnn, lstm, or a .keras/.npz file")
+    tr = sub.add_parser("trace", help="record a forward pass (with --backward also the backward pass) to a trace "
+                                         "file (JSON lines + .npz)")
+    tr.add_argument("model", help="cnn, rnn, lstm, gru, attention, or a .keras/.npz file")
     add_input_options(tr)
     tr.add_argument("-o", "--output", type=output_file, required=True, help="trace file to write, e.g. run.nntrace")
     tr.add_argument("--layer", action="append", help="record this layer's fine-grained steps (repeatable; "
                                                      "default: the first conv or recurrent layer)")
     tr.add_argument("--all", action="store_true", help="record every layer's fine-grained steps")
+    tr.add_argument("--backward", action="store_true",
+                    help="record the backward pass too (the loss, each layer's gradients, the saliency, and the "
+                         "backward steps of the layers chosen with --layer/--all)")
+    tr.add_argument("--label", type=non_negative_int,
+                    help="with --backward: the class the loss is taken against (default: the predicted one)")
     tr.add_argument("--overwrite", action="store_true")
     tr.set_defaults(func=cmd_trace)
 
     cmp_ = sub.add_parser("compare", help="per-layer scratch vs Keras differences for one input")
-    cmp_.add_argument("model", help="cnn, rnn, lstm, or a .keras/.npz file (with its .keras beside it)")
+    cmp_.add_argument("model", help="cnn, rnn, lstm, gru, attention, or a .keras/.npz file (with its .keras "
+                                      "beside it)")
     add_input_options(cmp_)
     cmp_.add_argument("--backward", action="store_true",
                       help="compare each layer's gradient with tf.GradientTape instead of its output")

@@ -16,7 +16,7 @@ import secrets
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, TextIO
+from typing import Any, Callable, Iterable, Iterator, TextIO
 
 import numpy as np
 
@@ -51,31 +51,75 @@ def arrays_path(path: Path) -> Path:
 
 # -- writing --------------------------------------------------------------------------------------
 def save_trace(trace: Trace, path: str | Path, layers: Iterable[str] | None = None, everything: bool = False,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, backward: Trace | None = None) -> Path:
     """Write every layer-level event and the fine-grained steps of `layers` (default: the first conv
-    or recurrent layer; `everything`: all layers) to `path` and `path.npz`: both, or neither."""
+    or recurrent layer; `everything`: all layers) to `path` and `path.npz`: both, or neither. With
+    `backward` (the same input's backward trace) the file gets a backward section: its layer-level
+    events, the loss, the saliency and the backward steps of the chosen layers that have them."""
     path = Path(path)
     npz = arrays_path(path)
     for target in (path, npz):
         if not overwrite and (target.exists() or target.is_symlink()):
             raise TraceExistsError(f"'{target}' exists; choose another name or pass overwrite")
+    layers = list(layers) if layers else None
+    if trace.backward:
+        raise ValueError("save_trace takes the forward trace; pass the backward trace as backward=")
     fine = chosen_layers(trace, layers, everything)
     check_names_to_save(trace, path)
+    fine_back = chosen_backward_layers(trace, backward, layers, everything, path) if backward is not None else []
     encoder = Encoder()
 
     def write_lines(f: TextIO) -> None:
         header = {"format": FORMAT, "version": FORMAT_VERSION, "schema": SCHEMA_VERSION,
                   "model": trace.model_name, "layers": [{"name": n, "class": c} for n, c in trace.layers],
                   "fine_layers": fine, "context": {k: encoder.encode(v, k) for k, v in trace.context.items()}}
+        if backward is not None:
+            header["backward"] = {"layers": [{"name": n, "class": c} for n, c in backward.layers],
+                                  "fine_layers": fine_back}
         f.write(json.dumps(header) + "\n")
         for event in trace.events:
             f.write(encoder.line(event) + "\n")
         for name in fine:
             for event in trace.steps(name):
                 f.write(encoder.line(event) + "\n")
+        if backward is not None:
+            for event in backward_events(backward, fine_back):
+                f.write(encoder.line(event, backward=True) + "\n")
 
     write_pair(path, npz, write_lines, encoder.arrays)
     return path
+
+
+def chosen_backward_layers(trace: Trace, backward: Trace, layers: list[str] | None, everything: bool,
+                           path: Path) -> list[str]:
+    """The model layers whose backward steps go into the file: of those chosen for the forward pass
+    (`layers`, `everything`, or the backward trace's first conv or recurrent layer), the ones that
+    have backward steps; checks that the backward trace fits the forward one."""
+    if not backward.backward:
+        raise ValueError("backward= takes a backward trace (trace_backward)")
+    check_names_to_save(backward, path)
+    names, forward = [n for n, _ in backward.layers], dict(trace.layers)
+    problem = backward_layers_problem(backward.layers, forward)
+    if problem:
+        raise TraceFormatError(f"cannot save '{path}': the backward trace's {problem}")
+    model_layers = [n for n in names if n not in (LOSS, INPUT)]
+    if everything:
+        wanted = model_layers
+    elif layers:
+        wanted = [n for n in model_layers if n in layers]
+    else:
+        wanted = [n for n in [backward.default_fine_layer()] if n]
+    return [n for n in wanted if backward.has_steps(n)]
+
+
+def backward_events(backward: Trace, fine: list[str]) -> Iterator[Event]:
+    """The backward section's events: the loss and each layer's gradient, the chosen layers'
+    backward steps, then the input's saliency."""
+    yield from backward.events
+    for name in fine:
+        yield from backward.steps(name)
+    if INPUT in dict(backward.layers):
+        yield from backward.recorded_steps.get(INPUT, [])
 
 
 def chosen_layers(trace: Trace, layers: Iterable[str] | None, everything: bool) -> list[str]:
@@ -119,9 +163,10 @@ class Encoder:
             return [self.encode(v, what) for v in value]
         return value
 
-    def line(self, event: Event) -> str:
-        return json.dumps({"kind": event.kind, **{k: self.encode(v, f"{event.label} field '{k}'")
-                                                  for k, v in event_fields(event).items()}})
+    def line(self, event: Event, backward: bool = False) -> str:
+        """The event as one JSON line; an event of the backward section carries "pass": "backward"."""
+        return json.dumps({"kind": event.kind, **({"pass": "backward"} if backward else {}),
+                           **{k: self.encode(v, f"{event.label} field '{k}'") for k, v in event_fields(event).items()}})
 
 
 def temporary_beside(target: Path, mode: str):
@@ -187,6 +232,8 @@ PAIR = "pair"      # [row, col], possibly negative (a patch's origin inside the 
 CELL = "cell"      # [i, j] ≥ 0 (a cell of a pooling window)
 INDICES = "indices"  # a list of 0–8 integers ≥ 0 (a position on a grid of any rank)
 SIZES = "sizes"    # [] or [rows, cols] ≥ 0 (a conv or pooling layer's geometry; [] when not recorded)
+TRIPLE = "triple"  # [i, j, ch] ≥ 0 (a conv kernel weight's place)
+NORMS = "norms"    # {weight name: finite number ≥ 0} (a layer's weight gradient norms)
 MAX_INDEX = 2**31 - 1
 #: NumPy dtype kinds of each dtype class; numbers must be finite ("window": NaN only on padding).
 DTYPES = {"number": "fiu", "bool": "b", "index": "iu", "window": "f", "value": "fiub"}
@@ -241,6 +288,21 @@ RULES: dict[str, dict[str, Any]] = {
     "activation": {"function": frozenset({"relu", "leaky_relu", "elu", "prelu"}), **vectors("x", "y", dims="*"),
                    "alpha": Arr("number", "*")},
     "masking": {"x": Arr("number", "t f"), "keep": Arr("bool", "t"), "y": Arr("number", "t f")},
+    # the backward section (schema 3); a size named with "?" may be 0 (an input cell no patch reads)
+    "loss_gradient": vectors("logits", "probabilities", "onehot", "gradient", dims="n"),
+    "layer_gradient": {"layer_class": NAME, **vectors("output_gradient", "input_gradient", dims="*"),
+                       "weight_norms": NORMS},
+    "dense_gradient": {"inputs": Arr("index", "k"), **vectors("x", "weight_gradients", dims="k"), "activation": NAME},
+    "conv_kernel_gradient": {"tap": TRIPLE, **vectors("inputs", "deltas", "products", "running", dims="oh ow")},
+    "conv_input_gradient": {"cells": Arr("index", "n? 2"), "taps": Arr("index", "n? 2"),
+                            **vectors("weights", "deltas", dims="n? f"), "cell_sums": Arr("number", "n?")},
+    "pool_routing": {"mode": frozenset({"max", "average"}), "window": Arr("window", "ph pw"),
+                     "real": Arr("bool", "ph pw"), "winner": CELL, "routed": Arr("number", "ph pw"), "origin": PAIR},
+    "recurrent_gradient": {"direction": DIRECTIONS, "cell": frozenset({"simple_rnn", "lstm", "gru", "rnn"}),
+                           **vectors("dh_out", "dh_next", "dh", "dh_prev", "dc_next", "dc", "c_prev", "c", "c_slope",
+                                     "c_act", "dc_prev"),
+                           **vectors("dz", "slopes", "gates", dims="g u")},
+    "saliency": {"gradient": Arr("number", "h w c"), "saliency": Arr("number", "h w")},
 }
 #: The rule of a field the table does not name, by its type.
 UNNAMED = {np.ndarray: Arr("value", "*"), str: NAME, tuple: SHAPE}
@@ -280,13 +342,34 @@ KIND_GROUPS = ({"conv_patch"}, {"pool_window"}, {"flatten_map"}, {"dense_neuron"
 #: Kinds of which a layer has at most one step.
 ONCE = {"flatten_map", "softmax", "bidirectional_merge", "dropout", "merge", "activation", "masking"}
 #: Header and context keys, and what each context value holds (every one may be null).
-HEADER_KEYS = {"format", "version", "schema", "model", "layers", "fine_layers", "context"}
+HEADER_KEYS = {"format", "version", "schema", "model", "layers", "fine_layers", "context", "backward"}
 CONTEXT = {"labels": "texts", "text": "text", "tokens": "texts", "oov_id": "index", "vocabulary_size": "index",
            "true_label": "index", "model_input": "input"}
 TEXT_LIMIT = {"text": 1000, "model_input": 1000}
 #: How schema 1 steps name an activation they did not record.
 UNRECORDED = {"activation": "activation", "recurrent_activation": "recurrent_activation"}
 LAYER_KINDS = ("layer_start", "layer_end")
+#: The backward section (schema 3): its kinds, its layer-level kinds, and its first and last layers.
+BACKWARD_KINDS = frozenset({"loss_gradient", "layer_gradient", "dense_gradient", "conv_kernel_gradient",
+                            "conv_input_gradient", "pool_routing", "recurrent_gradient", "saliency"})
+BACKWARD_LAYER_KINDS = ("loss_gradient", "layer_gradient")
+LOSS, INPUT = "loss", "input"           # the backward section's layers of classes "Loss" and "Input"
+BACKWARD_KEYS = {"layers", "fine_layers"}
+#: The backward step kinds each known layer class produces (the loss's one step is its loss_gradient,
+#: the input's its saliency); a class not named here may have any one group.
+BACKWARD_CLASS_KINDS = {**{cls: set() for cls in CLASS_KINDS}, "Dense": {"dense_gradient"},
+                        **{cls: {"conv_kernel_gradient", "conv_input_gradient"}
+                           for cls in ("Conv2D", "Conv1D", "DepthwiseConv2D", "SeparableConv2D")},
+                        "MaxPooling2D": {"pool_routing"}, "AveragePooling2D": {"pool_routing"},
+                        **{cls: {"recurrent_gradient"} for cls in ("SimpleRNN", "LSTM", "GRU", "Bidirectional")},
+                        "Input": {"saliency"}, "Loss": set()}
+BACKWARD_KIND_GROUPS = ({"dense_gradient"}, {"conv_kernel_gradient", "conv_input_gradient"}, {"pool_routing"},
+                        {"recurrent_gradient"}, {"saliency"})
+#: How many gate rows a recurrent gradient's `dz` has, per cell.
+GATE_ROWS = {"lstm": 4, "gru": 3, "simple_rnn": 1}
+#: An LSTM step's cell-state gradients: all set at a step that was not masked, only the carried
+#: ones (dc_next, dc_prev) at a masked step, none for other cells.
+CELL_FIELDS = ("dc_next", "dc", "c_prev", "c", "c_slope", "c_act", "dc_prev")
 
 
 def field_types(cls: type[Event]) -> dict[str, tuple[type, bool]]:
@@ -308,6 +391,23 @@ FIELDS: dict[str, dict[str, tuple[type, bool]]] = {kind: field_types(cls) for ki
 #: Each event field's default, for the fields a file may leave out.
 DEFAULTS: dict[str, dict[str, Any]] = {kind: {f.name: f.default for f in fields(cls)}
                                        for kind, cls in EVENT_TYPES.items()}
+
+
+def backward_layers_problem(layers: list[tuple[str, str]], forward: dict[str, str]) -> str | None:
+    """What is wrong with a backward section's layers, or None: they start with the loss, may end
+    with the input, and in between are layers of the forward pass with their forward classes."""
+    if layers[0] != (LOSS, "Loss"):
+        return f"layers begin with {shown(layers[0][0])} ({shown(layers[0][1])}); expected \"{LOSS}\" (Loss)"
+    for k, (name, cls) in enumerate(layers[1:], 1):
+        if (name, cls) == (INPUT, "Input") and k == len(layers) - 1:
+            continue
+        if cls in ("Loss", "Input") or name in (LOSS, INPUT):
+            return (f"layer {k} is '{name}' ({cls}); only the first layer is \"{LOSS}\" (Loss) and only the last "
+                    f"\"{INPUT}\" (Input)")
+        if forward.get(name) != cls:
+            return (f"layer {k} '{name}' ({cls}) is not a layer of the forward pass"
+                    + (f" (there it is a {forward[name]})" if name in forward else ""))
+    return None
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -453,25 +553,25 @@ class Reader:
             self.fail(number, f"the header's 'context' is {what_is(context)}; expected an object")
         return clean_text(model, 128), layers, fine, context
 
-    def header_layers(self, number: int, raw: Any) -> list[tuple[str, str]]:
+    def header_layers(self, number: int, raw: Any, key: str = "layers") -> list[tuple[str, str]]:
         if not isinstance(raw, list):
-            self.fail(number, f"the header's 'layers' is {what_is(raw)}; expected a list of {{\"name\", \"class\"}}")
+            self.fail(number, f"the header's '{key}' is {what_is(raw)}; expected a list of {{\"name\", \"class\"}}")
         if not raw:
-            self.fail(number, "the header has no layers ('layers' is empty); expected one entry per layer")
+            self.fail(number, f"the header has no layers ('{key}' is empty); expected one entry per layer")
         layers: list[tuple[str, str]] = []
         for k, entry in enumerate(raw):
             if not isinstance(entry, dict) or set(entry) != {"name", "class"}:
-                self.fail(number, f"layers[{k}] is {what_is(entry)}"
+                self.fail(number, f"{key}[{k}] is {what_is(entry)}"
                                   f"{' with keys ' + ', '.join(map(shown, entry)) if isinstance(entry, dict) else ''}; "
                                   "expected an object with exactly \"name\" and \"class\"")
             for what in ("name", "class"):
                 value = entry[what]
                 if not check_layer_name(value):
                     reason = first_unsafe(value) if isinstance(value, str) else f"it is {what_is(value)}"
-                    self.fail(number, f"layers[{k}].{what} is not a safe layer {what} ({reason}); "
+                    self.fail(number, f"{key}[{k}].{what} is not a safe layer {what} ({reason}); "
                                       "expected 1–128 letters, digits, _ - . / :")
             if entry["name"] in dict(layers):
-                self.fail(number, f"layers[{k}].name '{entry['name']}' appears twice; layer names must be unique")
+                self.fail(number, f"{key}[{k}].name '{entry['name']}' appears twice; layer names must be unique")
             layers.append((entry["name"], entry["class"]))
         return layers
 
@@ -482,19 +582,70 @@ class Reader:
             self.fail(number, "the header's 'fine_layers' is not a list of distinct layer names from 'layers'")
         return raw
 
+    def backward_header(self, number: int, raw: Any,
+                        forward: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[str]] | None:
+        """The header's backward section, if any: ([(layer, class)] in backward order, fine layers)."""
+        if raw is None:
+            return None
+        if self.schema < 3:
+            self.fail(number, f"the header has a 'backward' section, which schema {self.schema} does not have; "
+                              "expected schema 3")
+        if not isinstance(raw, dict) or "layers" not in raw or set(raw) - BACKWARD_KEYS:
+            keys = f" with keys {', '.join(map(shown, raw))}" if isinstance(raw, dict) else ""
+            self.fail(number, f"the header's 'backward' is {what_is(raw)}{keys}; expected an object with "
+                              "\"layers\" and optionally \"fine_layers\"")
+        layers = self.header_layers(number, raw["layers"], "backward.layers")
+        problem = backward_layers_problem(layers, dict(forward))
+        if problem:
+            self.fail(number, f"the header's backward section: {problem}")
+        fine = raw.get("fine_layers", [])
+        names = [n for n, _ in layers if n not in (LOSS, INPUT)]
+        if not isinstance(fine, list) or not all(isinstance(n, str) and n in names for n in fine) \
+                or len(set(fine)) != len(fine):
+            self.fail(number, "the header's 'backward.fine_layers' is not a list of distinct model layer names from "
+                              "'backward.layers' (the loss's and the input's steps are always there)")
+        return layers, fine
+
     # -- events -----------------------------------------------------------------------------------
-    def event_line(self, number: int, raw: Any, layers: dict[str, str], fine: set[str]) -> Line:
-        """Check an event line's kind, layer, field names and scalar values; arrays stay keys."""
+    def pass_of(self, number: int, raw: Any, has_backward: bool, after_backward: bool) -> bool:
+        """Whether the event line belongs to the backward section ("pass": "backward", taken off
+        the line); backward events need the header's backward section and come last."""
+        if not isinstance(raw, dict) or "pass" not in raw:
+            backward = False
+        else:
+            value = raw.pop("pass")
+            if value not in ("forward", "backward"):
+                self.fail(number, f"field 'pass' is {what_is(value)}; expected \"forward\" or \"backward\"")
+            backward = value == "backward"
+        if backward and not has_backward:
+            self.fail(number, "has a backward event (\"pass\": \"backward\"), but the header has no 'backward' "
+                              "section; expected forward events only")
+        if after_backward and not backward:
+            self.fail(number, "has a forward event after the backward section; expected the forward events first, "
+                              "then the backward ones")
+        return backward
+
+    def event_line(self, number: int, raw: Any, layers: dict[str, str], fine: set[str],
+                   backward: bool = False) -> Line:
+        """Check an event line's kind, layer, field names and scalar values; arrays stay keys. A
+        backward line's layers and fine layers are those of the header's backward section."""
         if not isinstance(raw, dict):
             self.fail(number, f"is {what_is(raw)}; expected an event (a JSON object with \"kind\" and \"layer\")")
         kind = raw.get("kind")
         if not isinstance(kind, str) or kind not in EVENT_TYPES:
             self.fail(number, f"has an event of unknown kind {shown(kind)}; expected one of {', '.join(EVENT_TYPES)}")
+        if (kind in BACKWARD_KINDS) != backward:
+            self.fail(number, f"has a {kind} event in the backward section; expected one of "
+                              f"{', '.join(sorted(BACKWARD_KINDS))}" if backward else
+                              f"has a {kind} event in the forward pass; a backward event carries \"pass\": "
+                              "\"backward\" and needs the header's 'backward' section")
         layer = raw.get("layer")
+        section = "backward section's " if backward else ""
         if not isinstance(layer, str) or layer not in layers:
-            self.fail(number, f"{kind} names the layer {shown(layer)}, which is not in the header's layers")
-        if kind not in LAYER_KINDS and layer not in fine:
-            self.fail(number, f"has a {kind} step of '{layer}', which the header's 'fine_layers' does not list")
+            self.fail(number, f"{kind} names the layer {shown(layer)}, which is not in the header's {section}layers")
+        if kind not in LAYER_KINDS + BACKWARD_LAYER_KINDS and layer not in fine and not (backward and layer == INPUT):
+            self.fail(number, f"has a {kind} step of '{layer}', which the header's {section}'fine_layers' does not "
+                              "list")
         types = FIELDS[kind]
         unknown = sorted(set(raw) - set(types) - {"kind", "layer"}, key=str)
         if unknown:
@@ -553,11 +704,14 @@ def expected(base: type, rule: Any) -> str:
         if isinstance(rule, frozenset):
             return "one of " + ", ".join(sorted(rule))
         return "text" if rule == TEXT else "a name of letters, digits, _ - . / :"
+    if base is dict:
+        return "an object of weight names (letters, digits, _ - . / :) to finite numbers ≥ 0"
     if base is tuple and isinstance(rule, Arrs):
         return f"a list of array references ({rule.dtype}{', or null' if rule.holes else ''})"
     if base is tuple:
         return {SHAPE: "a list of 1–8 sizes ≥ 0", PAIR: "a list of two integers",
                 CELL: "a list of two integers ≥ 0", INDICES: "a list of up to 8 integers ≥ 0",
+                TRIPLE: "a list of three integers ≥ 0",
                 SIZES: "[] or a list of two integers ≥ 0"}.get(rule, "a list")
     if base is int:
         return f"an integer from 0 to {MAX_INDEX}"
@@ -599,8 +753,15 @@ def convert(base: type, rule: Any, value: Any, limit: int = 200) -> tuple[bool, 
             return ok, tuple(value)
         if rule == SIZES and not value:
             return True, ()
+        if rule == TRIPLE:
+            return len(value) == 3 and all(is_int(v) for v in value), tuple(value)
         low = -MAX_INDEX if rule == PAIR else 0
         return len(value) == 2 and all(is_int(v, low) for v in value), tuple(value)
+    if base is dict:
+        ok = isinstance(value, dict) and len(value) <= 256 and all(
+            check_layer_name(k) and isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 1e308
+            and math.isfinite(v) and v >= 0 for k, v in value.items())
+        return ok, {k: float(v) for k, v in value.items()} if ok else None
     return False, None
 
 
@@ -634,9 +795,11 @@ def check_array(reader: Reader, line: Line, name: str, array: np.ndarray, rule: 
         reader.fail(line.number, f"{where} has shape {array.shape}; expected {len(dims)} dimensions ({rule.dims})")
     for dim, size in zip(dims, array.shape):
         want = int(dim) if dim.isdigit() else sizes.setdefault(dim, size)
-        if size != want or size < 1:
+        may_be_empty = dim.endswith("?")
+        if size != want or (size < 1 and not may_be_empty):
             reader.fail(line.number, f"{where} has shape {array.shape}; expected ({', '.join(dims)}) with "
-                                     f"{dim} = {want if size >= 1 else 'at least 1'} like the event's other fields")
+                                     f"{dim} = {want if size >= 1 or may_be_empty else 'at least 1'} like the "
+                                     "event's other fields")
 
 
 # -- checks of a step against its layer -----------------------------------------------------------
@@ -686,6 +849,11 @@ def check_conv(line: Line, layer: LayerInfo) -> str | None:
 
 
 def check_pool(line: Line, layer: LayerInfo) -> str | None:
+    return check_window(line, layer) or check_geometry(line, layer, line.values["window"].shape)
+
+
+def check_window(line: Line, layer: LayerInfo) -> str | None:
+    """A pooling window's padding, winner and place in the layer's output (forward and backward)."""
     v = line.values
     window, real, winner = v["window"], v["real"], v["winner"]
     if np.isinf(window).any() or np.isnan(window[real]).any() or not np.isnan(window[~real]).all():
@@ -694,7 +862,7 @@ def check_pool(line: Line, layer: LayerInfo) -> str | None:
         return f"field 'winner' must be a cell for mode max and null for mode average (mode {v['mode']})"
     if winner is not None and not (winner[0] < window.shape[0] and winner[1] < window.shape[1] and real[winner]):
         return f"field 'winner' {list(winner)} is not a real cell of the {window.shape[0]}×{window.shape[1]} window"
-    return grid_position(line, layer, ("row", "col", "channel")) or check_geometry(line, layer, window.shape)
+    return grid_position(line, layer, ("row", "col", "channel"))
 
 
 def check_flatten(line: Line, layer: LayerInfo) -> str | None:
@@ -736,7 +904,7 @@ def check_recurrent(line: Line, layer: LayerInfo) -> str | None:
     fresh = [f for f in FRESH[line.kind] if v.get(f) is not None]
     if v["masked"] and fresh:
         return f"a masked step carries no fresh values, but {', '.join(fresh)} are set (expected null)"
-    needed = FRESH[line.kind] if line.schema == 2 else FRESH_IN_SCHEMA_1.get(line.kind, FRESH[line.kind])
+    needed = FRESH[line.kind] if line.schema >= 2 else FRESH_IN_SCHEMA_1.get(line.kind, FRESH[line.kind])
     absent = [f for f in needed if v.get(f) is None]
     if not v["masked"] and absent:
         return f"a step that was not masked needs {', '.join(absent)} (they are null or missing)"
@@ -931,13 +1099,29 @@ def event_of(line: Line) -> Event:
 
 def load_trace(path: str | Path) -> Trace:
     """Read a trace file written by `save_trace`; the Trace replays without the model. Anything
-    wrong with either file raises TraceFormatError (TraceNotFoundError when there is no file)."""
+    wrong with either file raises TraceFormatError (TraceNotFoundError when there is no file).
+    A backward section is checked too; `load_traces` returns it."""
+    return load_traces(path)[0]
+
+
+def load_traces(path: str | Path) -> tuple[Trace, Trace | None]:
+    """(the forward trace, the backward trace or None) of a trace file, both checked in full."""
     reader = Reader(Path(path))
     lines = reader.text_lines()
     number, text = lines[0]
-    model, layers, fine, raw_context = reader.header(number, reader.json_line(number, text))
+    raw_header = reader.json_line(number, text)
+    model, layers, fine, raw_context = reader.header(number, raw_header)
+    section = reader.backward_header(number, raw_header.get("backward"), layers)
     names, recorded = dict(layers), set(fine)
-    events = [reader.event_line(n, reader.json_line(n, text), names, recorded) for n, text in lines[1:]]
+    back_names, back_recorded = dict(section[0]) if section else {}, set(section[1]) if section else set()
+    events: list[Line] = []
+    back_events: list[Line] = []
+    for n, text in lines[1:]:
+        raw = reader.json_line(n, text)
+        if reader.pass_of(n, raw, section is not None, bool(back_events)):
+            back_events.append(reader.event_line(n, raw, back_names, back_recorded, backward=True))
+        else:
+            events.append(reader.event_line(n, raw, names, recorded))
     reader.load_arrays()
     context = read_context(reader, raw_context)
     layer_lines = [line for line in events if line.kind in LAYER_KINDS]
@@ -957,5 +1141,223 @@ def load_trace(path: str | Path) -> Trace:
         steps.setdefault(line.layer, []).append(line)
     for name, lines_of_layer in steps.items():
         check_layer_steps(reader, infos[name], lines_of_layer)
-    return Trace(model, layers, [event_of(line) for line in layer_lines], context,
-                 recorded_steps={name: [event_of(line) for line in ls] for name, ls in steps.items()})
+    forward = Trace(model, layers, [event_of(line) for line in layer_lines], context,
+                    recorded_steps={name: [event_of(line) for line in ls] for name, ls in steps.items()})
+    if section is None:
+        return forward, None
+    return forward, read_backward(reader, model, section, back_events, infos, layers, context)
+
+
+# -- the backward section (schema 3) --------------------------------------------------------------
+@dataclass
+class BackwardInfo:
+    """What a backward step is checked against: its layer's forward info, the model's input shape,
+    its class count and class names."""
+
+    forward: LayerInfo | None
+    model_input: tuple
+    classes: int
+    labels: list | None
+
+
+def check_loss_gradient(line: Line, info: BackwardInfo) -> str | None:
+    v = line.values
+    n, label = len(v["logits"]), v["label"]
+    if n != info.classes:
+        return f"has {n} logits but the model's last layer outputs {info.classes} values"
+    if label >= n or (info.labels and label >= len(info.labels)):
+        return f"label {label} is not one of the model's {min(n, len(info.labels or []) or n)} classes"
+    onehot = np.zeros(n, v["onehot"].dtype)
+    onehot[label] = 1
+    if not np.array_equal(v["onehot"], onehot):
+        return f"field 'onehot' must be 1 at the label ({label}) and 0 elsewhere"
+    p = v["probabilities"]
+    if p.min() < 0 or p.max() > 1 or abs(float(p.sum(dtype=np.float64)) - 1) > 1e-3:
+        return "field 'probabilities' must hold values from 0 to 1 that sum to 1"
+    return None if v["loss"] >= 0 else f"field 'loss' is {v['loss']}; expected a loss ≥ 0"
+
+
+def check_layer_gradient(line: Line, info: BackwardInfo) -> str | None:
+    v, layer = line.values, info.forward
+    if v["norm"] < 0:
+        return f"field 'norm' is {v['norm']}; expected a norm ≥ 0"
+    out, given = layer.output, v["output_gradient"]
+    if given is not None and out is not None and given.shape not in (out.shape, out.shape[1:]):
+        return (f"field 'output_gradient' has shape {given.shape}; expected the shape of the layer's output "
+                f"{out.shape}")
+    dx, shape = v["input_gradient"], tuple(layer.input_shape[1:])
+    if dx is not None and shape and dx.shape != shape:
+        return f"field 'input_gradient' has shape {dx.shape}; expected the shape of the layer's input {shape}"
+    return None
+
+
+def check_dense_gradient(line: Line, info: BackwardInfo) -> str | None:
+    v, layer = line.values, info.forward
+    if len(v["inputs"]) > v["n_inputs"] or (v["inputs"] >= v["n_inputs"]).any():
+        return f"field 'inputs' must hold at most n_inputs ({v['n_inputs']}) indices below n_inputs"
+    if layer.output.ndim != 1 or v["unit"] >= len(layer.output):
+        return f"unit {v['unit']} is outside the layer's output of shape {layer.output.shape}"
+    if len(layer.input_shape) >= 2 and v["n_inputs"] != math.prod(layer.input_shape[1:]):
+        return f"n_inputs is {v['n_inputs']}; the layer's input has {math.prod(layer.input_shape[1:])} values"
+    if v["from_loss"] and (v["output_gradient"] is not None or v["slope"] is not None):
+        return "a unit whose δ comes from the loss (from_loss) has null output_gradient and slope"
+    if not v["from_loss"] and v["output_gradient"] is None:
+        return "a unit whose δ does not come from the loss needs its output_gradient"
+    return None
+
+
+def conv_grids(layer: LayerInfo) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """The layer's input and output as (rows, cols, channels) (a 1-D conv's as one row), or None."""
+    out, shape = grid(layer), tuple(layer.input_shape[1:])
+    shape = (1,) + shape if len(shape) == 2 else shape
+    return (shape, out) if len(shape) == 3 and len(out) == 3 else None
+
+
+def check_conv_kernel_gradient(line: Line, info: BackwardInfo) -> str | None:
+    v, grids = line.values, conv_grids(info.forward)
+    if grids is None:
+        return f"needs a layer of (rows, cols, channels) input and output; '{line.layer}' has other shapes"
+    (_, _, cin), (oh, ow, filters) = grids
+    if v["inputs"].shape != (oh, ow):
+        return f"fields 'inputs', 'deltas', … have shape {v['inputs'].shape}; expected the output's ({oh}, {ow})"
+    if v["filter"] >= filters or v["tap"][2] >= cin:
+        return (f"filter {v['filter']} / tap channel {v['tap'][2]} is outside the layer's {filters} filters and "
+                f"{cin} input channels")
+    return None
+
+
+def check_conv_input_gradient(line: Line, info: BackwardInfo) -> str | None:
+    v, grids = line.values, conv_grids(info.forward)
+    if grids is None:
+        return f"needs a layer of (rows, cols, channels) input and output; '{line.layer}' has other shapes"
+    (h, w, cin), (oh, ow, filters) = grids
+    if v["row"] >= h or v["col"] >= w or v["channel"] >= cin:
+        return f"input cell ({v['row']}, {v['col']}, {v['channel']}) is outside the layer's input ({h}, {w}, {cin})"
+    cells = v["cells"]
+    if len(cells) and (cells[:, 0].max() >= oh or cells[:, 1].max() >= ow):
+        return f"field 'cells' holds a cell outside the layer's {oh}×{ow} output"
+    if v["weights"].shape[1] != filters:
+        return f"fields 'weights' and 'deltas' have {v['weights'].shape[1]} filters; the layer has {filters}"
+    return None
+
+
+def check_pool_routing(line: Line, info: BackwardInfo) -> str | None:
+    v = line.values
+    if (v["routed"][~v["real"]] != 0).any():
+        return "field 'routed' must be 0 on the window's padding cells (real false)"
+    return check_window(line, info.forward)
+
+
+def check_recurrent_gradient(line: Line, info: BackwardInfo) -> str | None:
+    v, layer = line.values, info.forward
+    later = ("dz", "slopes", "gates", "dc", "c_prev", "c", "c_slope", "c_act")
+    if v["masked"]:
+        fresh = [f for f in later if v[f] is not None]
+        if fresh:
+            return f"a masked step passes its gradients through, but {', '.join(fresh)} are set (expected null)"
+    elif v["dz"] is None:
+        return "a step that was not masked needs its gate gradients 'dz'"
+    rows = GATE_ROWS.get(v["cell"])
+    if v["dz"] is not None and rows is not None and v["dz"].shape[0] != rows:
+        return f"field 'dz' has {v['dz'].shape[0]} gate rows; a {v['cell']} cell has {rows}"
+    lstm = v["cell"] == "lstm"
+    want = (CELL_FIELDS if not v["masked"] else ("dc_next", "dc_prev")) if lstm else ()
+    wrong = [f for f in CELL_FIELDS if (v[f] is not None) != (f in want)]
+    if wrong:
+        return (f"fields {', '.join(wrong)} must be {'set' if wrong[0] in want else 'null'} at a "
+                f"{'masked ' if v['masked'] else ''}step of a {v['cell']} cell")
+    if len(layer.input_shape) == 3 and max(v["time"], v["step"]) >= layer.input_shape[1]:
+        return f"time {v['time']} / step {v['step']} is outside the layer's {layer.input_shape[1]} input steps"
+    return None
+
+
+def check_saliency(line: Line, info: BackwardInfo) -> str | None:
+    v = line.values
+    shape = tuple(info.model_input[1:])
+    if shape and v["gradient"].shape != shape:
+        return f"field 'gradient' has shape {v['gradient'].shape}; the model's input has {shape}"
+    return None if v["saliency"].min() >= 0 else "field 'saliency' holds negative values; expected |∂L/∂x| ≥ 0"
+
+
+BACKWARD_CHECKS: dict[str, Callable[[Line, BackwardInfo], str | None]] = {
+    "loss_gradient": check_loss_gradient, "layer_gradient": check_layer_gradient,
+    "dense_gradient": check_dense_gradient, "conv_kernel_gradient": check_conv_kernel_gradient,
+    "conv_input_gradient": check_conv_input_gradient, "pool_routing": check_pool_routing,
+    "recurrent_gradient": check_recurrent_gradient, "saliency": check_saliency,
+}
+
+
+def check_backward_layer_events(reader: Reader, layers: list[tuple[str, str]], lines: list[Line]) -> None:
+    """One loss_gradient (of the loss), one layer_gradient of every model layer with its class, and
+    one saliency of the input (when the section has the input)."""
+    classes, seen = dict(layers), set()
+    for line in lines:
+        want = {LOSS: "loss_gradient", INPUT: "saliency"}.get(line.layer, "layer_gradient")
+        if line.kind in BACKWARD_LAYER_KINDS + ("saliency",) and line.kind != want:
+            reader.fail(line.number, f"has a {line.kind} of '{line.layer}'; the backward section's '{line.layer}' "
+                                     f"has a {want}")
+        if line.kind != want:
+            continue
+        if line.layer in seen:
+            reader.fail(line.number, f"has a second {want} of '{line.layer}'; each backward layer has one")
+        seen.add(line.layer)
+        if want == "layer_gradient" and line.values["layer_class"] != classes[line.layer]:
+            reader.fail(line.number, f"layer_gradient of '{line.layer}' says class {line.values['layer_class']}; "
+                                     f"the header says {classes[line.layer]}")
+    for name, _ in layers:
+        if name not in seen:
+            want = {LOSS: "loss_gradient", INPUT: "saliency"}.get(name, "layer_gradient")
+            reader.fail(None, f"has no {want} for the backward layer '{name}'; every layer of the backward section "
+                              "needs one (is the file cut short?)")
+
+
+def check_backward_steps(reader: Reader, name: str, cls: str, steps: list[Line]) -> None:
+    """One backward layer's steps: kinds its class produces, of one group, and one unit count."""
+    allowed = BACKWARD_CLASS_KINDS.get(cls)
+    seen: set[str] = set()
+    units_of: int | None = None
+    for line in steps:
+        if allowed is not None and line.kind not in allowed:
+            reader.fail(line.number, f"has a {line.kind} step of the backward layer '{name}', a {cls} layer, whose "
+                                     f"backward steps are {', '.join(sorted(allowed)) or 'not recorded'}")
+        seen.add(line.kind)
+        if not any(seen <= group for group in BACKWARD_KIND_GROUPS):
+            reader.fail(line.number, f"has a {line.kind} step of the backward layer '{name}' among other kinds "
+                                     "of backward steps; one layer's are of one kind (dense, conv, pooling, recurrent)")
+        if line.kind == "recurrent_gradient":
+            n = len(line.values["dh"])
+            if units_of is not None and n != units_of:
+                reader.fail(line.number, f"recurrent_gradient of '{name}' has {n} units; the layer's earlier steps "
+                                         f"have {units_of}")
+            units_of = n
+
+
+def read_backward(reader: Reader, model: str, section: tuple[list[tuple[str, str]], list[str]],
+                  lines: list[Line], infos: dict[str, LayerInfo], forward_layers: list[tuple[str, str]],
+                  context: dict) -> Trace:
+    """The backward section, checked against the forward pass, as a backward Trace."""
+    layers, _ = section
+    for line in lines:
+        reader.resolve(line)
+    check_backward_layer_events(reader, layers, lines)
+    steps: dict[str, list[Line]] = {}
+    for line in lines:
+        if line.kind not in BACKWARD_LAYER_KINDS:
+            steps.setdefault(line.layer, []).append(line)
+    classes = dict(layers)
+    for name, lines_of_layer in steps.items():
+        check_backward_steps(reader, name, classes[name], lines_of_layer)
+    last = infos[forward_layers[-1][0]].output
+    model_input = infos[forward_layers[0][0]].input_shape
+    labels = context.get("labels")
+    for line in lines:
+        info = BackwardInfo(infos.get(line.layer), model_input, int(last.size), labels)
+        problem = BACKWARD_CHECKS[line.kind](line, info)
+        if problem:
+            reader.fail(line.number, f"{line.kind} of '{line.layer}': {problem}")
+    by_layer = {line.layer: event_of(line) for line in lines if line.kind in BACKWARD_LAYER_KINDS}
+    events = [by_layer[name] for name, _ in layers if name in by_layer]
+    loss = by_layer[LOSS]
+    recorded = {LOSS: [loss], **{name: [event_of(line) for line in ls] for name, ls in steps.items()}}
+    return Trace(model, layers, events, {**context, "label": loss.label, "loss": loss.loss},
+                 recorded_steps=recorded, direction="backward")

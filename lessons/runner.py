@@ -203,9 +203,11 @@ def step_matches(event, at: dict, trace, layer: str) -> bool:
             real = event.window[event.real]
             if real.size < 2 or len(np.unique(real)) != real.size or np.any(real == 0):
                 return False
-        elif key == "unit" and want in ("predicted", "largest_bias"):
+        elif key == "unit" and want in ("predicted", "largest_bias", "label"):
             if want == "predicted":
                 target = int(np.argmax(trace.probabilities))
+            elif want == "label":  # a backward pass: the class its loss is taken against
+                target = int(trace.context["label"])
             else:
                 target = int(np.argmax(np.abs(trace.model.layer(layer).weights["bias"])))
             if getattr(event, "unit", None) != target:
@@ -263,6 +265,8 @@ def resolve_unit(goto: dict | None, trace, event) -> int:
     `largest_h`, `first_masked` (an attention step's first masked key), or `max:FIELD` / `min:FIELD`
     (where the step's field is largest or smallest, e.g. `max:weights`, `min:z`)."""
     want = (goto or {}).get("unit", 0)
+    if want == "label":  # a backward pass: the class its loss is taken against
+        return int(trace.context["label"])
     if want == "predicted":
         return int(np.argmax(trace.probabilities))
     if want == "second":  # the runner-up class
@@ -307,6 +311,8 @@ def pick(values: Any, index: Any, unit: int = 0) -> Any:
         return arr.item() if arr.size == 1 else arr
     if index == "unit":
         return arr[unit].item()
+    if index == "cell":  # a grid's cell by its flat (row-major) index, the selected unit
+        return arr.reshape(-1)[unit].item()
     reducers = {"max": lambda a: float(a.max()), "argmax": lambda a: int(a.argmax()), "min": lambda a: float(a.min()),
                 "sum": lambda a: float(a.sum()), "count_true": lambda a: int(a.sum()),
                 "count_zero": lambda a: int((a == 0).sum()), "size": lambda a: int(a.size),
@@ -374,6 +380,11 @@ def operand_value(spec: str, trace, event, unit: int, layer: str | None = None,
     arr = np.asarray(values, dtype=np.float64)
     if index in ("max", "min"):
         return float(arr.max() if index == "max" else arr.min())
+    if index in ("cell", "prev_cell"):  # a grid's selected cell (flat, row-major), or the one before it
+        k = unit - (index == "prev_cell")
+        if not 0 <= k < arr.size:
+            raise KeyError(f"operand '{spec}': no cell {k}")
+        return float(arr.reshape(-1)[k])
     if index == "read":
         mask = getattr(event, "mask", None)
         return arr if mask is None else arr[np.asarray(mask, bool)]
@@ -425,6 +436,13 @@ def expected_answer(question: Question, trace, event, report: list[dict] | None 
         if abs(abs(v - a) - abs(v - b)) <= 1e-6:
             raise KeyError(f"'{spec['nearer']}' is as close to {spec['of'][0]} as to {spec['of'][1]}: no answer")
         return names[0] if abs(v - a) < abs(v - b) else names[1]
+    elif "sweep" in spec:  # the real token whose step of this sweep has the largest FIELD (e.g. norm)
+        steps = [e for e in trace.steps(layer) if getattr(e, "direction", None) == event.direction and not e.masked]
+        best = max(steps, key=lambda e: float(getattr(e, spec["sweep"])))
+        return (trace.context.get("tokens") or [])[best.time]
+    elif "cell" in spec:  # a window cell, as "row i col j"
+        i, j = getattr(event, spec["cell"])
+        return f"row {int(i)} col {int(j)}"
     elif "compare" in spec:  # e.g. max vs average of a pooling window
         a, b = (float(pick(getattr(event, f), i, unit)) for f, i in spec["compare"])
         names = spec.get("names", ["first", "second", "equal"])
@@ -437,6 +455,9 @@ def expected_answer(question: Question, trace, event, report: list[dict] | None 
         return "yes" if bool(value) else "no"
     if spec.get("as") == "changes":
         return "no" if bool(value) else "yes"
+    if spec.get("as") == "sign":  # names for positive, negative, zero
+        names = spec.get("names", ["positive", "negative", "zero"])
+        return names[0] if value > 0 else names[1] if value < 0 else names[2]
     return float(value) if not isinstance(value, str) else value
 
 
@@ -459,6 +480,8 @@ def experiment_answer(spec: dict, report: list[dict] | None) -> str:
 def options_for(question: Question, trace, report: list[dict] | None = None) -> list[str] | None:
     if question.options == "labels":
         return list(trace.context.get("labels") or [])
+    if question.options == "tokens":  # the sentence's real tokens
+        return list(dict.fromkeys(t for t in trace.context.get("tokens") or [] if t))
     if question.options == "variants":
         return list(dict.fromkeys(r["label"] for r in report or [] if r["group"] == question.answer.get("experiment")))
     return question.options
@@ -493,26 +516,80 @@ def check_answer(given: str, expected: float | str, tolerance: float, options: l
     return d >= 2 and abs(value - expected) <= 0.5 * 10 ** -d + 1e-12
 
 
+def pass_trace(goto: dict | None, trace, cache: dict):
+    """The trace a step's goto reads: the forward trace or, with `pass = "backward"`, the backward
+    pass against `label` (`predicted` by default, `second` for the runner-up class, or a class
+    number), built once per label into `cache`."""
+    if not goto or goto.get("pass", "forward") != "backward":
+        return trace
+    want = goto.get("label", "predicted")
+    order = np.argsort(trace.probabilities)
+    label = int(order[-1]) if want == "predicted" else int(order[-2]) if want == "second" else int(want)
+    if label not in cache:
+        from nntrace.models.backward_trace import trace_backward
+
+        made = trace_backward(trace.model, trace.context.get("model_input"), label)
+        made.context.setdefault("model_input", trace.context.get("model_input"))
+        made.context.setdefault("true_label", trace.context.get("true_label"))
+        cache[label] = made
+    return cache[label]
+
+
+@dataclass
+class SGDStep:
+    """One plain SGD step of the whole model (on a copy), seen at one dense unit's bias: its value,
+    its gradient (the backward step's ∂L/∂b), the learning rate, its value after the model's step,
+    and the loss before and after (the model's `train_step`)."""
+
+    layer: str
+    unit: int
+    weight: float
+    gradient: float
+    learning_rate: float
+    new_weight: float
+    loss_before: float
+    loss_after: float
+    kind: str = "sgd_step"
+
+
+def sgd_step(spec: dict, trace, event, layer: str | None) -> SGDStep:
+    import copy
+
+    from nntrace.models.gradients import train_step
+
+    if event is None or event.kind != "dense_gradient" or event.bias_gradient is None:
+        raise KeyError("an 'sgd' step goes to a dense unit's backward step (a unit with a bias)")
+    lr = float(spec["learning_rate"])
+    model = copy.deepcopy(trace.model)
+    done = train_step(model, trace.context["model_input"], np.array([trace.context["label"]]), "sgd", lr)
+    before, after = trace.model.layer(layer).weights["bias"], model.layer(layer).weights["bias"]
+    return SGDStep(layer, event.unit, float(before[event.unit]), float(event.bias_gradient), lr,
+                   float(after[event.unit]), float(done.loss_before), float(done.loss_after))
+
+
 def validate(lesson: Lesson, trace, report: list[dict] | None = None) -> None:
     """Resolve every goto, operand and answer against `trace`; check that each compute question's
     formula over its operands gives its answer. LessonError naming the file and step."""
-    event, layer = None, None
+    event, layer, forward, cache = None, None, trace, {}
     for i, step in enumerate(lesson.steps):
         try:
             if step.goto:
+                trace = pass_trace(step.goto, forward, cache)
                 layer, index = resolve_goto(step.goto, trace)
                 event = event_at(trace, layer, index) if trace.has_steps(layer) else None
+            sgd = sgd_step(step.sgd, trace, event, layer) if step.sgd else None
             if step.report and report is not None and not any(r["group"] == step.report for r in report):
                 raise KeyError(f"the experiment report has no group '{step.report}'")
             q = step.question
             if q:
                 unit = resolve_unit(step.goto, trace, event)
-                answer = expected_answer(q, trace, event, report, unit, layer)
+                answer = expected_answer(q, trace, sgd or event, report, unit, layer)
                 options = options_for(q, trace, report)
                 if options is not None and str(answer) not in options:
                     raise KeyError(f"the answer '{answer}' is not among the options {options}")
                 if q.kind == "compute" and not isinstance(answer, str):
-                    values = {k: operand_value(v, trace, event, unit, layer, report) for k, v in q.operands.items()}
+                    values = {k: operand_value(v, trace, sgd or event, unit, layer, report)
+                              for k, v in q.operands.items()}
                     computed = evaluate(q.formula, values)
                     if not check_answer(f"{computed:.6f}", float(answer), q.tolerance):
                         raise KeyError(f"the formula '{q.formula}' gives {computed:.6f}, the trace {answer:.6f}")
@@ -645,6 +722,9 @@ class LessonSession:
         self.layer: str | None = None
         self.unit = 0
         self.position: tuple[str, int] | None = None
+        self.current = trace              # the trace the step reads: forward, or a backward pass
+        self.backward_traces: dict = {}   # label → backward trace
+        self.sgd: SGDStep | None = None
         self.enter()
 
     @property
@@ -659,10 +739,12 @@ class LessonSession:
         """Resolve the current step's position (the app moves there) and its selected unit."""
         self.tries, self.answered = 0, self.step.question is None and self.step.task is None
         if self.step.goto:
-            self.position = resolve_goto(self.step.goto, self.trace)
+            self.current = pass_trace(self.step.goto, self.trace, self.backward_traces)
+            self.position = resolve_goto(self.step.goto, self.current)
             self.layer, idx = self.position
-            self.event = event_at(self.trace, self.layer, idx) if self.trace.has_steps(self.layer) else None
-            self.unit = resolve_unit(self.step.goto, self.trace, self.event)
+            self.event = event_at(self.current, self.layer, idx) if self.current.has_steps(self.layer) else None
+            self.unit = resolve_unit(self.step.goto, self.current, self.event)
+        self.sgd = sgd_step(self.step.sgd, self.current, self.event, self.layer) if self.step.sgd else None
 
     def hidden(self) -> frozenset:
         """The quantities the screen withholds while the question is open."""
@@ -670,14 +752,15 @@ class LessonSession:
         return frozenset(q.hide) if q and not self.answered else frozenset()
 
     def expected(self) -> float | str:
-        return expected_answer(self.step.question, self.trace, self.event, self.report, self.unit, self.layer)
+        return expected_answer(self.step.question, self.current, self.sgd or self.event, self.report, self.unit,
+                               self.layer)
 
     def options(self) -> list[str] | None:
-        return options_for(self.step.question, self.trace, self.report) if self.step.question else None
+        return options_for(self.step.question, self.current, self.report) if self.step.question else None
 
     def operands(self) -> dict[str, float | np.ndarray]:
         q = self.step.question
-        return {k: operand_value(v, self.trace, self.event, self.unit, self.layer, self.report)
+        return {k: operand_value(v, self.current, self.sgd or self.event, self.unit, self.layer, self.report)
                 for k, v in q.operands.items()}
 
     def answer(self, given: str) -> Feedback:

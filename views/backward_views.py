@@ -185,7 +185,7 @@ def kernel_gradient_view(ctx: ViewContext) -> Group:
     flat = r * ow + c
     if flat:
         pr, pc = divmod(flat - 1, ow)
-        head.append(f"sum so far (row by row, to ({r}, {c})) = {ctx.shown('running', num(e.running[pr, pc]))} "
+        head.append(f"sum so far (row by row, to ({r}, {c})) = {ctx.shown('running_before', num(e.running[pr, pc]))} "
                     f"{term(e.products[r, c]) if 'products' not in ctx.hidden else '+ ?'} = "
                     f"{ctx.shown('running', num(e.running[r, c]))}\n")
     head.append(f"∂L/∂W[{i}, {j}, {ch}, {e.filter}] = Σ over the {oh * ow} cells of x·δ = ")
@@ -239,7 +239,7 @@ def input_gradient_view(ctx: ViewContext) -> Group:
 def pool_routing_heatmaps(ctx: ViewContext) -> list[Heatmap]:
     e = ctx.event
     return [Heatmap("window", np.where(e.real, e.window, np.nan), Scale.signed(np.nan_to_num(e.window)), "row", "col",
-                    mark=None if e.winner is None else tuple(e.winner)),
+                    mark=None if e.winner is None or "winner" in ctx.hidden else tuple(e.winner)),
             Heatmap("gradient routed", e.routed, Scale.signed(e.routed), "row", "col")]
 
 
@@ -251,7 +251,8 @@ def pool_routing_view(ctx: ViewContext) -> Group:
     head.append(f"∂L/∂y here = {num(e.output_gradient)}\n")
     if e.winner is not None:
         wi, wj = e.winner
-        head.append(f"max pooling: only the winner (window cell {wi}, {wj}) changed the output, so it gets all of it: ")
+        head.append(f"max pooling: only the winner (window cell {ctx.shown('winner', f'{wi}, {wj}')}) changed the output, "
+                    "so it gets all of it: ")
         head.append(ctx.shown("routed", num(e.routed[wi, wj])), style="bold reverse")
         head.append("\nevery other cell of the window gets 0", style="dim")
     else:
@@ -317,9 +318,10 @@ def recurrent_gradient_equations(ctx: ViewContext) -> Text:
                 ("g", "δc·i", (e.dc[u], i)), ("o", "δh·tanh(c)", (e.dh[u], e.c_act[u])))
         for row, (gate, symbolic, (a, b)) in enumerate(uses):
             act = "tanh'" if gate == "g" else "σ'"
-            numbers = f"{factor(a)}·{factor(b)}·{factor(e.slopes[row, u])} = {ctx.shown('dz', num(e.dz[row, u]))}"
+            first = ctx.shown("dc", factor(a)) if gate != "o" else factor(a)
+            numbers = f"{first}·{factor(b)}·{factor(e.slopes[row, u])} = {ctx.shown('dz', num(e.dz[row, u]))}"
             text.append(line(ctx, f"δ{gate} = {symbolic}·{act} = {numbers}", f"δ{gate} = {numbers}") + "\n")
-        text.append(f"δc_prev = δc·f = {factor(e.dc[u])}·{factor(f)} = {ctx.shown('dc_prev', num(e.dc_prev[u]))}\n")
+        text.append(f"δc_prev = δc·f = {ctx.shown('dc', factor(e.dc[u]))}·{factor(f)} = {ctx.shown('dc_prev', num(e.dc_prev[u]))}\n")
     elif e.cell == "simple_rnn":
         text.append(f"δz = δh·tanh'(z) = {factor(e.dh[u])}·{factor(e.slopes[0, u])} = "
                     f"{ctx.shown('dz', num(e.dz[0, u]))}\n")
@@ -341,7 +343,7 @@ def recurrent_gradient_view(ctx: ViewContext) -> Group:
         label = token_label(ctx.trace, ev.time).strip("'")[:10]
         mark = "reverse" if ev.time == e.time else ""
         norms.append(f"{ev.time:>3} {label:<10} ", style=mark)
-        norms.append(f"{plain(ev.norm)} {bar(ev.norm / (maps[-1].scale.hi or 1.0), 20)}\n",
+        norms.append(f"{ctx.shown('norm', plain(ev.norm))} {ctx.shown('norm', bar(ev.norm / (maps[-1].scale.hi or 1.0), 20))}\n",
                      style="dim" if ev.masked else "")
     pictures = fit([stack(Text(m.title, style="bold"), m.block()) for m in maps[:-1]], ctx.width, gap=2)
     axes = Text("rows: units; columns: token positions; white: the selected unit and token", style="dim")
@@ -374,3 +376,19 @@ def saliency_view(ctx: ViewContext) -> Group:
     m = saliency_heatmaps(ctx)[0]
     blocks.append(stack(Text(m.title, style="dim"), m.block(), m.scale.legend(10)))
     return Group(head, fit(blocks, ctx.width))
+
+
+# -- one SGD step (a lesson's) -------------------------------------------------------------------
+def sgd_view(step: Any, ctx: ViewContext) -> Text:
+    """One plain SGD step of the whole model, seen at one bias: every number is the model's (its
+    weights before and after `train_step` on a copy, the backward step's gradient, the loss)."""
+    text = Text(f"one SGD step of the whole model (on a copy: the model shown is unchanged), learning rate "
+                f"lr = {step.learning_rate:g}\n", style="bold")
+    text.append(f"bias of unit {step.unit} of {clean_text(step.layer)}: b = {num(step.weight)}, "
+                f"∂L/∂b = {num(step.gradient)}\n")
+    text.append(f"b_new = b − lr·∂L/∂b = {num(step.weight)} − {step.learning_rate:g}·{factor(step.gradient)} = ")
+    text.append(ctx.shown("new_weight", num(step.new_weight)), style="bold reverse")
+    text.append(f"\nevery weight moves the same way, w − lr·∂L/∂w; the model's loss on this input: "
+                f"before {plain(step.loss_before)}, after {ctx.shown('loss_after', plain(step.loss_after))}\n",
+                style="dim")
+    return text

@@ -109,6 +109,13 @@ def show_lesson_step(app) -> None:
     lesson = app.lesson
     step = lesson.step
     if lesson.position is not None:
+        made = lesson.current  # the pass the step reads: forward, or a backward pass
+        if made.backward and app.trace is not made:
+            app.show_backward(int(made.context["label"]), made)
+            app.fill_layer_list()
+        elif not made.backward and app.trace.backward:
+            app.replay, app.keras = app.passes.forward, app.passes.forward_keras
+            app.fill_layer_list()
         layer, index = lesson.position
         app.replay.go_to(layer, index)
         app.replay.unit = lesson.unit

@@ -327,3 +327,27 @@ def test_choices_are_taken_typed_or_by_number():
     assert not check_answer("2", "kernel 3×3", 0.0, options)
     assert not check_answer("4", "kernel 3×3", 0.0, options)  # no fourth option: read as text, which is wrong
     assert not check_answer("kernel 5x5", "kernel 3×3", 0.0, options)
+
+
+def test_unit_rules_read_operands_and_nearer_answers_for_gru_and_attention_steps():
+    from nntrace.lessons.runner import Question, expected_answer, operand_value, resolve_unit
+    from nntrace.tracer.events import AttentionStep, GRUStep
+
+    row = AttentionStep("att", head=0, query=1, logits=np.array([0.5, 2.0, -1.0, -3e38], np.float32),
+                        weights=np.array([0.18, 0.80, 0.02, 0.0], np.float32), mask=np.array([True, True, True, False]))
+    assert resolve_unit({"unit": "first_masked"}, None, row) == 3
+    assert resolve_unit({"unit": "max:weights"}, None, row) == 1 and resolve_unit({"unit": "min:logits"}, None, row) == 3
+    np.testing.assert_array_equal(operand_value("logits[read]", None, row, 0), [0.5, 2.0, -1.0])
+    with pytest.raises(KeyError, match="no field 'nothing'"):
+        resolve_unit({"unit": "max:nothing"}, None, row)
+    every = dataclasses.replace(row, mask=None)
+    assert operand_value("logits[read]", None, every, 0).shape == (4,)
+    with pytest.raises(KeyError, match="reads every key"):
+        resolve_unit({"unit": "first_masked"}, None, every)
+    z, h_prev, h_tilde = np.array([0.9, 0.2, 0.5]), np.ones(3), -np.ones(3)
+    step = GRUStep("gru", z=z, h_prev=h_prev, h_tilde=h_tilde, h=z * h_prev + (1 - z) * h_tilde)
+    nearer = Question("p", {"nearer": "h", "of": ["h_prev", "h_tilde"], "index": "unit",
+                            "names": ["h_prev", "candidate"]}, "predict", ["h_prev", "candidate"])
+    assert [expected_answer(nearer, None, step, unit=u) for u in (0, 1)] == ["h_prev", "candidate"]
+    with pytest.raises(KeyError, match="as close"):  # z = 0.5: halfway, no answer
+        expected_answer(nearer, None, step, unit=2)

@@ -56,7 +56,7 @@ def refused(argv: list[str], capsys) -> str:
     (["experiments", "--out", "FILE"], "is a file, not a directory"),
     (["train", "cnn", "--log", "DIR"], "argument --log: "),
     (["trace", "cnn", "-o", "DIR"], "argument -o/--output: "),
-    (["train", "gru"], "argument kind: invalid choice: 'gru'"),
+    (["train", "vit"], "argument kind: invalid choice: 'vit'"),
 ])
 def test_bad_arguments_are_refused_before_any_work(argv, message, tmp_path, capsys, no_work):
     (tmp_path / "file").write_text("x")

@@ -192,9 +192,20 @@ class Attention(AttentionLayer):
                                 scale=p["factor"], scaled=p["scaled"][0, t],
                                 mask=None if p["allowed"] is None else p["allowed"][0, t].copy(),
                                 logits=p["logits"][0, t], weights=p["weights"][0, t], values=p["v"][0],
+                                **softmax_parts(p["logits"][0, t], None if p["allowed"] is None else p["allowed"][0, t]),
                                 output=p["output"][0, t], score_mode=self.config.get("score_mode", "dot"),
                                 inner_scale=p["inner"],
                                 query_masked=p["q_mask"] is not None and not bool(np.asarray(p["q_mask"])[0, t]))
+
+
+def softmax_parts(logits: np.ndarray, allowed: np.ndarray | None) -> dict:
+    """One query's softmax written out: `exps` `(S,)` = exp(logit − the largest logit it reads) on
+    the keys it reads (0 on the others) and their sum `total`, so that weights = exps / total."""
+    read = np.ones(logits.shape, bool) if allowed is None else np.asarray(allowed, bool)
+    if not read.any():  # a query with nothing to read: the softmax runs over every (equally masked) key
+        read = np.ones(logits.shape, bool)
+    exps = np.where(read, np.exp(logits - logits[read].max()), np.float32(0)).astype(np.float32)
+    return {"exps": exps, "total": float(exps.sum(dtype=np.float32))}
 
 
 class MultiHeadAttention(AttentionLayer):
@@ -446,4 +457,6 @@ class MultiHeadAttention(AttentionLayer):
                                     scores=p["scores"][0, n, t], scale=p["scale"], scaled=p["scaled"][0, n, t],
                                     mask=None if p["allowed"] is None else p["allowed"][0, n, t].copy(),
                                     logits=p["logits"][0, n, t], weights=p["weights"][0, n, t],
+                                    **softmax_parts(p["logits"][0, n, t],
+                                                    None if p["allowed"] is None else p["allowed"][0, n, t]),
                                     values=p["v"][0, :, n], output=p["heads"][0, t, n])

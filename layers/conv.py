@@ -7,6 +7,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from nntrace.layers import activations
+from nntrace.layers import winograd
 from nntrace.layers.parallel import over_batch
 from nntrace.layers.base import Layer, as_float32
 
@@ -37,6 +38,13 @@ def output_geometry(h: int, w: int, kernel: tuple[int, int], strides: tuple[int,
     return (0, 0), (0, 0), oh, ow
 
 
+#: From how many input channels, and input × output channels, a 3×3 stride-1 Conv2D's forward
+#: pass uses Winograd's F(2×2, 3×3): below them the transforms cost more than the products saved
+#: (measured on the seed CNN's layers: 32→32 is faster direct, 32→64 and up by Winograd).
+WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_PRODUCTS = 2048
+
+
 class Conv2D(Layer):
     """2-D cross-correlation (no kernel flip), channels last.
 
@@ -48,8 +56,9 @@ class Conv2D(Layer):
     config_keys = ("filters", "kernel_size", "strides", "padding", "activation", "use_bias",
                    "dilation_rate", "groups")
     defaults = {"strides": 1, "padding": "valid", "activation": "linear", "use_bias": True}
-    #: im2col rows per chunk: ~4k rows × (kh·kw·cin) floats keeps the columns in L2/L3.
-    chunk_rows = 4096
+    #: Output pixels per chunk: ~2k rows × (kh·kw·cin) floats keeps each part's columns in cache
+    #: while both cores work (bench/bench_forward.py: 2,048 beat 1,024 and 4,096).
+    chunk_rows = 2048
 
     def check_config(self, config):
         super().check_config(config)
@@ -88,6 +97,15 @@ class Conv2D(Layer):
         k = self.weights["kernel"]
         self.kernel_matrix = np.ascontiguousarray(k.reshape(-1, k.shape[-1]))  # rows ordered (kh, kw, cin)
         self.act = self.activation_fn()
+        self.winograd_kernel = None  # G g Gᵀ, made on the first batch that takes the Winograd path
+
+    @property
+    def winograd(self) -> bool:
+        """3×3, stride 1, not dilated or grouped, with enough input channels for the 16 matrix
+        products to pay: the forward pass uses Winograd's F(2×2, 3×3) (layers/winograd.py)."""
+        cin, filters = self.weights["kernel"].shape[2:]
+        return (self.kernel_size == (3, 3) and self.strides == (1, 1) and not self.general
+                and cin >= WINOGRAD_MIN_CHANNELS and cin * filters >= WINOGRAD_MIN_PRODUCTS)
 
     def pad(self, x: np.ndarray) -> tuple[np.ndarray, int, int]:
         """Zero-pad `(batch, h, w, c)` for this layer; returns (padded, out_h, out_w)."""
@@ -136,6 +154,8 @@ class Conv2D(Layer):
             self.expect(np.empty((0, 0)), 4, None, f"at least {kh}×{kw} pixels, got {h}×{w}")
         (t, b), (l, r), oh, ow = output_geometry(h, w, self.kernel_size, self.strides, self.padding)
         out = np.empty((n, oh, ow, filters), np.float32)
+        if self.winograd and n * oh * ow >= self.chunk_rows:
+            return self.convolve_winograd(x, out, activate)
 
         def part(lo: int, hi: int) -> None:  # images lo … hi − 1, in chunks of reused buffers
             for s, m, cols in self.column_chunks(x[lo:hi], oh, ow):
@@ -145,6 +165,30 @@ class Conv2D(Layer):
                     z += self.weights["bias"]
                 if activate:
                     self.activate_in_place(z)
+
+        over_batch(part, n)
+        return out
+
+    def convolve_winograd(self, x: np.ndarray, out: np.ndarray, activate: bool) -> np.ndarray:
+        """`convolve` by Winograd's F(2×2, 3×3), over chunks of images split between the cores."""
+        if self.winograd_kernel is None:
+            self.winograd_kernel = winograd.kernel_transform(self.weights["kernel"])
+        (n, h, w, cin), oh, ow = x.shape, out.shape[1], out.shape[2]
+        (t, b), (l, r) = output_geometry(h, w, self.kernel_size, self.strides, self.padding)[:2]
+        step = max(1, self.chunk_rows // max(oh * ow, 1))
+
+        def part(lo: int, hi: int) -> None:
+            padded = np.zeros((min(step, hi - lo), h + t + b, w + l + r, cin), np.float32)
+            for s in range(lo, hi, step):
+                m = min(step, hi - s)
+                padded[:m, t:t + h, l:l + w] = x[s:s + m]
+                z = winograd.correlate_3x3(padded[:m], self.winograd_kernel, oh, ow)
+                flat = z.reshape(-1, z.shape[-1])
+                if "bias" in self.weights:
+                    flat += self.weights["bias"]
+                if activate:
+                    self.activate_in_place(flat)
+                out[s:s + m] = z
 
         over_batch(part, n)
         return out

@@ -311,6 +311,8 @@ class AttentionStep(Event):
     mask: Optional[np.ndarray] = None   # (S,) True where the query may read key j; None: every key
     logits: np.ndarray = None           # (S,) what the softmax reads
     weights: np.ndarray = None          # (S,) the softmax: attention weights
+    exps: Optional[np.ndarray] = None   # (S,) exp(logits − the largest logit the query reads); 0 where masked
+    total: Optional[float] = None       # Σ of exps over the keys the query reads (weights = exps / total)
     values: np.ndarray = None           # (S, value_dim)
     output: np.ndarray = None           # (value_dim,) Σ_j weights[j] · values[j]
     score_mode: str = "dot"             # dot | concat

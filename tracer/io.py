@@ -280,7 +280,7 @@ RULES: dict[str, dict[str, Any]] = {
     "bidirectional_merge": {"merge_mode": MERGE_MODES, **vectors("forward", "backward", "merged", dims="*")},
     "dropout": {},
     "attention": {"q": Arr("number", "kd"), "keys": Arr("number", "s kd"), "mask": Arr("bool", "s"),
-                  **vectors("scores", "scaled", "logits", "weights", dims="s"), "values": Arr("number", "s vd"),
+                  **vectors("scores", "scaled", "logits", "weights", "exps", dims="s"), "values": Arr("number", "s vd"),
                   "output": Arr("number", "vd"), "score_mode": frozenset({"dot", "concat"})},
     "normalize": {"position": INDICES, **vectors("values", "normalized", "output", "gamma", "beta", dims="*")},
     "merge": {"mode": frozenset(MERGE_LAYERS.values()), "operands": Arrs("number"), "result": Arr("number", "*"),
@@ -314,7 +314,8 @@ ADDED_IN_SCHEMA_2 = {"conv_patch": {"channel_totals", "activation"}, "dense_neur
                      "rnn_step": {"activation"},
                      "lstm_step": {"x_part", "h_part", "bias", "pre_activation", "activation", "recurrent_activation"}}
 #: Fields a file may leave out (the event's defaults apply).
-OPTIONAL = {"conv_patch": set(GEOMETRY + CONV_EXTRAS), "pool_window": set(GEOMETRY)}
+OPTIONAL = {"conv_patch": set(GEOMETRY + CONV_EXTRAS), "pool_window": set(GEOMETRY),
+            "attention": {"exps", "total"}}  # schema 3 added the softmax's exps and their sum
 #: A recurrent step's fresh values: null exactly when the step is masked (schema 2).
 FRESH = {"rnn_step": ("x_part", "h_part", "bias", "pre_activation"),
          "lstm_step": ("i", "f", "g", "o", "x_part", "h_part", "bias", "pre_activation"),

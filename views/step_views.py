@@ -543,13 +543,15 @@ def attention_view(ctx: ViewContext) -> Group:
     seen = [k for k in range(n) if e.mask is None or e.mask[k]]
     if "weights" in ctx.hidden:
         eq.append(f"{symbolic} = ?")
-    elif seen and j in seen:
+    elif seen and j in seen and e.exps is not None:
         top = float(np.max(e.logits[seen]))
-        total = float(np.sum(np.exp(np.asarray(e.logits[seen], np.float64) - top)))
-        numbers = f"exp({terms((e.logits[j], -top))}) / {plain(total)} = {plain(e.weights[j])}"
+        numbers = (f"exp({terms((e.logits[j], -top))}) / {plain(e.total)} = {plain(e.exps[j])} / {plain(e.total)} = "
+                   f"{plain(e.weights[j])}")
         eq.append(line(ctx, f"{symbolic} = {numbers}", f"weights[{j}] = {numbers}") + "\n")
-        eq.append(f"max = the largest logit of the {len(seen)} keys read; Σ_k over those keys = {plain(total)}",
+        eq.append(f"max = the largest logit of the {len(seen)} keys read; Σ_k over those keys = {plain(e.total)}",
                   style="dim")
+    elif seen and j in seen:  # a trace recorded before schema 3 holds the weights without their exps
+        eq.append(f"{symbolic} = {plain(e.weights[j])}\n")
     else:
         why = "its logit is so negative that exp(logit − max) is 0 in float32: " if e.weights[j] == 0 else ""
         eq.append(f"key {j} is masked: {why}weights[{j}] = {plain(e.weights[j])}")

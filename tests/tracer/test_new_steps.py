@@ -158,7 +158,9 @@ def test_multi_head_attention_steps():
         np.testing.assert_array_equal(e.mask, expected_mask)
         np.testing.assert_allclose(e.output, e.weights @ e.values, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(e.output, parts["heads"][0, e.query, e.head], rtol=1e-6)
+        np.testing.assert_allclose(e.exps / e.total, e.weights, rtol=1e-5, atol=1e-7)  # the softmax written out
         if e.mask.any():
+            assert (e.exps[~e.mask] == 0).all() and e.exps[e.mask].max() == pytest.approx(1.0)
             assert (e.weights[~e.mask] == 0).all()
         else:  # a query with nothing to read reads every key equally (TensorFlow's kernel)
             np.testing.assert_allclose(e.weights, 0.25, rtol=1e-6)

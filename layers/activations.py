@@ -37,8 +37,14 @@ def leaky_relu(x: np.ndarray, negative_slope: float = 0.2) -> np.ndarray:
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     # exp(-x) overflows to inf for very negative x, and 1 / (1 + inf) is exactly the right 0.
+    # One new array, then in place: the same float32 operations as 1 / (1 + exp(−x)).
+    y = np.negative(x)
+    if y.dtype.kind != "f":
+        y = y.astype(np.float64)
     with np.errstate(over="ignore"):
-        return 1 / (1 + np.exp(-x))
+        np.exp(y, out=y)
+    y += 1
+    return np.reciprocal(y, out=y)
 
 
 def hard_sigmoid(x: np.ndarray) -> np.ndarray:

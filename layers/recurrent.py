@@ -97,7 +97,9 @@ class LSTMCell:
 
     def gates(self, x_proj: np.ndarray, h_prev: np.ndarray) -> tuple[np.ndarray, ...]:
         """The four activated gates (i, f, g, o), each `(batch, units)`."""
-        return self.activate_gates(x_proj + h_prev @ self.recurrent_kernel)
+        z = h_prev @ self.recurrent_kernel
+        z += x_proj
+        return self.activate_gates(z)
 
     def activate_gates(self, z: np.ndarray) -> tuple[np.ndarray, ...]:
         """Pre-activation `z` `(batch, 4*units)` → the gates (i, f, g, o)."""
@@ -121,8 +123,9 @@ class LSTMCell:
     def step(self, x_proj, states):
         h_prev, c_prev = states
         i, f, g, o = self.gates(x_proj, h_prev)
-        c = f * c_prev + i * g
-        h = o * self.activation(c)
+        c = f * c_prev
+        c += i * g
+        h = o * self.activation(c)  # not in place: a linear activation returns c itself
         return h, [h, c]
 
     def step_cached(self, x_proj: np.ndarray, states: Sequence[np.ndarray]):
@@ -320,13 +323,14 @@ def scan_steps(cell, x_proj: np.ndarray, mask: np.ndarray | None = None, go_back
     states = [np.zeros((batch, cell.units), np.float32) for _ in range(cell.n_states)]
     prev_out = np.zeros((batch, cell.units), np.float32)
     order = range(steps - 1, -1, -1) if go_backwards else range(steps)
+    every = None if mask is None else mask.all(axis=0)  # (timesteps,): no sequence is masked there
     for k, t in enumerate(order):
         if tape is None:
             out, new_states = cell.step(x_proj[:, t], states)
         else:
             out, new_states, cache = cell.step_cached(x_proj[:, t], states)
             tape.append((states[0], cache))
-        if mask is not None:
+        if mask is not None and not every[t]:
             m = mask[:, t, None]
             new_states = [np.where(m, n, s) for n, s in zip(new_states, states)]
             out = np.where(m, out, np.float32(0.0) if zero_output_for_mask else prev_out)

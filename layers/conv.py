@@ -351,6 +351,10 @@ class Conv2D(Layer):
                                     padding=real[0, r * sh:r * sh + kh, c * sw:c * sw + kw, 0] == 0,
                                     origin=(r * sh - t, c * sw - l), **geometry)
 
+    def backward_step_count(self, x: np.ndarray) -> int:
+        """How many steps `backward_steps` gives for sample `x` (without producing them)."""
+        return 0 if self.general else int(self.weights["kernel"].size + np.size(x[0]))
+
     def backward_steps(self, x, mask=None, dy=None, context=None, dz=None, filters=None, taps=None,
                        cells=None):
         """The backward steps of sample `x` `(1, h, w, in_ch)` for ∂L/∂y `dy` `(1, out_h, out_w,
@@ -381,8 +385,9 @@ class Conv2D(Layer):
                         inputs = cols[:, :, i, j, ch]
                         products = inputs * delta[:, :, f]
                         running = np.cumsum(products, dtype=np.float32).reshape(products.shape)
-                        yield ConvKernelGradient(self.name, filter=f, tap=(i, j, ch), inputs=inputs.copy(),
-                                                 deltas=delta[:, :, f].copy(), products=products, running=running,
+                        # inputs and deltas are views of this sample's columns and δ (no copies)
+                        yield ConvKernelGradient(self.name, filter=f, tap=(i, j, ch), inputs=inputs,
+                                                 deltas=delta[:, :, f], products=products, running=running,
                                                  total=float(running[-1, -1]),
                                                  weight=float(kernel[i, j, ch, f]))
         if filters is not None or taps is not None:

@@ -70,6 +70,14 @@ class Trace:
             return self.model.layer(layer).backward_steps(x, mask, given["dy"], self.context, **extra, **filters)
         return self.model.layer(layer).steps(x, mask, self.context, **self.options.get(layer, {}), **filters)
 
+    def step_total(self, layer: str) -> int | None:
+        """The number of fine-grained steps of `layer` when the layer can say it without producing
+        them (a backward conv layer's many kernel and input-cell steps), else None."""
+        if self.model is None or layer not in self.inputs or layer in self.recorded_steps:
+            return None
+        count = getattr(self.model.layer(layer), "backward_step_count" if self.backward else "step_count", None)
+        return None if count is None else count(self.inputs[layer][0])
+
     def default_fine_layer(self) -> str | None:
         for cls in FINE_DEFAULT:
             for name, layer_class in self.layers:

@@ -87,7 +87,7 @@ class Replay:
         name = name or self.layer[0]
         if name in self._sources and self._sources[name] is None:
             return len(self._events.get(name, []))
-        return None
+        return self.trace.step_total(name) if hasattr(self.trace, "step_total") else None
 
     @property
     def event(self):
@@ -115,7 +115,8 @@ class Replay:
         self.go_step(index)
 
     def go_step(self, index: int) -> None:
-        if index < 0 or index > 0 and self.event_at(index) is None:
+        total = self.known_step_count()
+        if index < 0 or total is not None and index >= total or index > 0 and self.event_at(index) is None:
             raise JumpError(self.out_of_range(index + 1))
         self.step = index
         self.clamp_unit()
@@ -135,7 +136,8 @@ class Replay:
         return None
 
     def out_of_range(self, number: int) -> str:
-        total = self.step_count()
+        total = self.known_step_count()
+        total = self.step_count() if total is None else total
         if not total:
             return f"{self.layer[0]} has no steps to jump to"
         return f"step {number} is outside {self.layer[0]}: its steps are 1–{total}"

@@ -251,3 +251,17 @@ def test_gru_backward_steps_recombine_to_the_input_bias_and_kernel(reset_after):
     np.testing.assert_allclose(sum(e.dz.reshape(-1) for e in steps if not e.masked), input_bias, rtol=1e-4, atol=1e-6)
     for later, earlier in zip(steps, steps[1:]):
         np.testing.assert_array_equal(earlier.dh_next, later.dh_prev)
+
+
+def test_a_backward_conv_layer_counts_its_steps_without_producing_them():
+    from nntrace.views.replay import JumpError, Replay
+
+    model = image_model("same", 1, MaxPooling2D)
+    x = rng.normal(size=(1, 7, 6, 2)).astype(np.float32)
+    t = trace_backward(model, x, label=1)
+    assert t.step_total("conv") == len(list(t.steps("conv"))) == 3 * 2 * 2 * 3 + 7 * 6 * 2
+    replay = Replay(t)
+    replay.go_layer([n for n, _ in t.layers].index("conv"))
+    assert replay.known_step_count() == 120 and len(replay._events.get("conv", [])) <= 1
+    with pytest.raises(JumpError, match="1–120"):
+        replay.go_step(500)

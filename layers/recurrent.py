@@ -596,6 +596,10 @@ class Recurrent(Layer):
             elif kind == "simple_rnn":
                 _, z, h = cache
                 extra = dict(gates=h[0][None], slopes=activations.derivative(self.cell.activation_grad, z, h)[0][None])
+            elif kind == "gru":
+                h_prev, z, r, h_tilde, h_in, slopes = cache
+                extra = dict(gates=np.stack([z[0], r[0], h_tilde[0]]), slopes=slopes[0].reshape(gates, u),
+                             h_prev=h_prev[0], h_in=h_in[0] if self.cell.reset_after else None)
             yield RecurrentGradient(self.name, dh=dh, dz=dz[0].reshape(gates, u), norm=float(np.linalg.norm(dh)),
                                     **common, **extra)
 

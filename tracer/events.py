@@ -529,8 +529,10 @@ class RecurrentGradient(Event):
     step. LSTM: `dc = dc_next + dh·o·activation'(c)`; the gate gradients (with respect to each
     gate's pre-activation) are `δi = dc·g·σ'`, `δf = dc·c_prev·σ'`, `δg = dc·i·tanh'`,
     `δo = dh·tanh(c)·σ'` (`slopes` hold each gate's activation derivative). SimpleRNN:
-    `δz = dh·activation'(z)`. `dh_prev` (and `dc_prev = dc·f`) go on to step t − 1. A masked step
-    did not happen: its gradients pass through unchanged (`dh_prev = dh`) and the gate fields are None.
+    `δz = dh·activation'(z)`. GRU (`gates` z, r, h̃): `δh̃ = dh·(1 − z)·tanh'`,
+    `δz = dh·(h_prev − h̃)·σ'` and, with reset_after, `δr = δh̃·h_in·σ'`. `dh_prev` (and
+    `dc_prev = dc·f`) go on to step t − 1. A masked step did not happen: its gradients pass through
+    unchanged (`dh_prev = dh`) and the gate fields are None.
     """
 
     direction: str = "forward"
@@ -551,6 +553,9 @@ class RecurrentGradient(Event):
     c_act: Optional[np.ndarray] = None  # LSTM (units,) activation(c)
     dh_prev: np.ndarray = None          # (units,) ∂L/∂h_{t−1} passed on
     dc_prev: Optional[np.ndarray] = None  # LSTM (units,) dc·f passed on
+    h_prev: Optional[np.ndarray] = None  # GRU (units,) the state before the step: δz = δh·(h_prev − h̃)·σ'
+    h_in: Optional[np.ndarray] = None   # GRU with reset_after (units,): what r multiplies, h_prev·U_h + rb_h,
+                                        # so δr = δh̃·h_in·σ' (None without reset_after)
     norm: float = 0.0                   # ‖dh‖
     masked: bool = False
     KIND: ClassVar[str] = "recurrent_gradient"

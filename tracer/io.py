@@ -300,7 +300,7 @@ RULES: dict[str, dict[str, Any]] = {
                      "real": Arr("bool", "ph pw"), "winner": CELL, "routed": Arr("number", "ph pw"), "origin": PAIR},
     "recurrent_gradient": {"direction": DIRECTIONS, "cell": frozenset({"simple_rnn", "lstm", "gru", "rnn"}),
                            **vectors("dh_out", "dh_next", "dh", "dh_prev", "dc_next", "dc", "c_prev", "c", "c_slope",
-                                     "c_act", "dc_prev"),
+                                     "c_act", "dc_prev", "h_prev", "h_in"),
                            **vectors("dz", "slopes", "gates", dims="g u")},
     "saliency": {"gradient": Arr("number", "h w c"), "saliency": Arr("number", "h w")},
 }
@@ -315,7 +315,8 @@ ADDED_IN_SCHEMA_2 = {"conv_patch": {"channel_totals", "activation"}, "dense_neur
                      "lstm_step": {"x_part", "h_part", "bias", "pre_activation", "activation", "recurrent_activation"}}
 #: Fields a file may leave out (the event's defaults apply).
 OPTIONAL = {"conv_patch": set(GEOMETRY + CONV_EXTRAS), "pool_window": set(GEOMETRY),
-            "attention": {"exps", "total"}}  # schema 3 added the softmax's exps and their sum
+            "attention": {"exps", "total"},  # schema 3 added the softmax's exps and their sum
+            "recurrent_gradient": {"h_prev", "h_in"}}  # a GRU step's (absent from other cells')
 #: A recurrent step's fresh values: null exactly when the step is masked (schema 2).
 FRESH = {"rnn_step": ("x_part", "h_part", "bias", "pre_activation"),
          "lstm_step": ("i", "f", "g", "o", "x_part", "h_part", "bias", "pre_activation"),
@@ -1251,7 +1252,7 @@ def check_pool_routing(line: Line, info: BackwardInfo) -> str | None:
 
 def check_recurrent_gradient(line: Line, info: BackwardInfo) -> str | None:
     v, layer = line.values, info.forward
-    later = ("dz", "slopes", "gates", "dc", "c_prev", "c", "c_slope", "c_act")
+    later = ("dz", "slopes", "gates", "dc", "c_prev", "c", "c_slope", "c_act", "h_prev", "h_in")
     if v["masked"]:
         fresh = [f for f in later if v[f] is not None]
         if fresh:

@@ -325,8 +325,24 @@ def recurrent_gradient_equations(ctx: ViewContext) -> Text:
     elif e.cell == "simple_rnn":
         text.append(f"δz = δh·tanh'(z) = {factor(e.dh[u])}·{factor(e.slopes[0, u])} = "
                     f"{ctx.shown('dz', num(e.dz[0, u]))}\n")
+    elif e.cell == "gru" and e.gates is not None and e.h_prev is not None:
+        z, r, h_tilde = (e.gates[row, u] for row in range(3))
+        d_h = ctx.shown("dz", num(e.dz[2, u]))
+        text.append(line(ctx, f"δh̃ = δh·(1 − z)·tanh' = {factor(e.dh[u])}·(1 − {plain(z)})·{factor(e.slopes[2, u])} = "
+                              f"{d_h}", f"δh̃ = {factor(e.dh[u])}·(1 − {plain(z)})·{factor(e.slopes[2, u])} = {d_h}")
+                    + "\n")
+        text.append(line(ctx, f"δz = δh·(h_prev − h̃)·σ' = {factor(e.dh[u])}·({num(e.h_prev[u])} − {factor(h_tilde)})·"
+                              f"{factor(e.slopes[0, u])} = {ctx.shown('dz', num(e.dz[0, u]))}",
+                         f"δz = {factor(e.dh[u])}·({num(e.h_prev[u])} − {factor(h_tilde)})·{factor(e.slopes[0, u])} = "
+                         f"{ctx.shown('dz', num(e.dz[0, u]))}") + "\n")
+        if e.h_in is not None:  # reset_after: r multiplies h_prev·U_h + rb_h
+            text.append(f"δr = δh̃·(h_prev·U_h + rb_h)·σ' = {ctx.shown('dz', factor(e.dz[2, u]))}·{factor(e.h_in[u])}·"
+                        f"{factor(e.slopes[1, u])} = {ctx.shown('dz', num(e.dz[1, u]))}\n")
+        else:  # reset before the product: δr reads δh̃ through U_h, a sum over the units
+            text.append(f"δr = ((δh̃·U_hᵀ) ⊙ h_prev)·σ' = {ctx.shown('dz', num(e.dz[1, u]))}\n")
     else:
-        text.append("δz, δr, δh̃: " + ", ".join(num(e.dz[row, u]) for row in range(e.dz.shape[0])) + "\n")
+        text.append("δ(pre-activation) per gate: " + ", ".join(num(e.dz[row, u]) for row in range(e.dz.shape[0]))
+                    + "\n")
     text.append(f"δh_prev = Σ δ(gates)·Uᵀ, to step t−1: {ctx.shown('dh_prev', num(e.dh_prev[u]))}\n"
                 f"‖δh‖ over the {len(e.dh)} units = {ctx.shown('norm', plain(e.norm))}", style="dim")
     return text

@@ -244,3 +244,36 @@ def test_a_model_whose_backward_pass_is_refused_says_so_in_one_line(monkeypatch)
     assert not backward
     assert message.startswith("no backward pass for this model") and "predictions" in message
     assert "unexpected" not in message
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_gru_backward_equations_are_true(reset_after):
+    from nntrace.layers import GRU, Dense, Embedding
+    from nntrace.models.scratch import ScratchModel
+
+    rng = np.random.default_rng(2)
+    emb = Embedding("emb", input_dim=9, output_dim=4, mask_zero=True)
+    emb.set_weights([rng.normal(size=(9, 4)).astype(np.float32)])
+    gru = GRU("gru", units=3, reset_after=reset_after)
+    gru.set_weights([rng.normal(size=(4, 9)).astype(np.float32), rng.normal(size=(3, 9)).astype(np.float32),
+                     rng.normal(size=(2, 9) if reset_after else (9,)).astype(np.float32)])
+    head = Dense("head", units=3, activation="softmax")
+    head.set_weights([rng.normal(size=(3, 3)).astype(np.float32), np.zeros(3, np.float32)])
+    model = ScratchModel([emb, gru, head], name="gru")
+    x = np.array([[3, 5, 1, 7, 0]], np.int32)
+    t = trace(model, x)
+    t.context["model_input"] = x
+    app = NNTraceApp(Session(t, "ids"), model)
+    seen, kinds = {"equations": 0, "problems": []}, set()
+
+    async def run():
+        async with app.run_test(size=(120, 40)) as pilot:
+            await visit(app, pilot, ["b", "right_square_bracket", "right_square_bracket"], seen, kinds)
+            assert app.layer[0] == "gru"
+            await visit(app, pilot, ["n", "n", "down", "n", "down", "n"], seen, kinds)
+            return " ".join(panel_lines(app))
+
+    text = asyncio.run(run())
+    assert "δz = δh·(h_prev − h̃)·σ'" in text and ("δr = δh̃·(h_prev·U_h + rb_h)·σ'" in text) == reset_after
+    assert not seen["problems"], "\n".join(seen["problems"][:10])
+    assert seen["equations"] >= 12

@@ -373,6 +373,10 @@ def cmd_grad(args: argparse.Namespace) -> int:
     check_input_options(args, scratch)
     x, described, _, _ = model_input(args, scratch)
     n_classes = int(np.asarray(scratch.forward(x)).shape[-1])
+    if n_classes < 2:
+        raise InputError(f"model '{scratch.name}' has a 1-unit output: cross-entropy over one class is always 0, so "
+                         "there is no gradient to show; the backward pass needs 2 or more classes "
+                         "(a sigmoid binary head is not supported)")
     label = int(np.argmax(scratch.forward(x)[0])) if args.label is None else args.label
     if not 0 <= label < n_classes:
         raise InputError(f"--label must be a class id from 0 to {n_classes - 1}, got {label}")

@@ -313,8 +313,9 @@ class NNTraceApp(App):
         names = self.trace.context.get("labels") or []
         k = self.trace.context["label"]
         name = f" '{clean_text(str(names[k]), 30)}'" if k < len(names) else ""
+        other = "l: another class, " if self.model is not None else ""
         self.message = (f"the backward pass against class {k}{name}: from the loss back to the input "
-                        "(l: another class, b: the forward pass)")
+                        f"({other}b: the forward pass)")
 
     @guarded
     def action_gradient_flow(self) -> None:
@@ -328,7 +329,8 @@ class NNTraceApp(App):
         from nntrace.views.gradient_flow import FlowScreen, gradient_flow_text
 
         sentence = self.passes.forward.trace.context.get("text") or ""
-        traces = [(title, trace_backward(load_scratch(resolve_model(kind)), [sentence]))
+        label = self.passes.label  # the class chosen with l, else each model's own prediction
+        traces = [(title, trace_backward(load_scratch(resolve_model(kind)), [sentence], label=label))
                   for kind, title in (("rnn", "SimpleRNN"), ("lstm", "LSTM"))]
         self.push_screen(FlowScreen(gradient_flow_text(traces, sentence)))
 

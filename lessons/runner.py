@@ -69,6 +69,7 @@ class Step:
     task: Task | None = None
     report: str | None = None        # an experiment group to show instead of a trace step
     sgd: dict | None = None          # one SGD step on a copy of the model: {learning_rate = …}
+    hide: list[str] = field(default_factory=list)  # withheld for the whole step (a later question's answer)
 
 
 @dataclass
@@ -123,10 +124,12 @@ def parse_lesson(path: Path) -> Lesson:
         raise fail(path, None, f"model must be one of {', '.join(MODELS)}, got '{data['model']}'")
     steps = []
     for i, raw in enumerate(data["steps"]):
-        unknown = set(raw) - {"text", "goto", "question", "task", "report", "sgd"}
+        unknown = set(raw) - {"text", "goto", "question", "task", "report", "sgd", "hide"}
         if unknown or "text" not in raw:
-            raise fail(path, i, f"a step needs 'text' and may have 'goto', 'question', 'task' and 'report' "
-                                f"(unknown: {sorted(unknown)})")
+            raise fail(path, i, f"a step needs 'text' and may have 'goto', 'question', 'task', 'report', 'sgd' "
+                                f"and 'hide' (unknown: {sorted(unknown)})")
+        if not isinstance(raw.get("hide", []), list):
+            raise fail(path, i, "a step's 'hide' is a list of quantities, e.g. hide = [\"loss\"]")
         question = parse_question(path, i, raw["question"]) if "question" in raw else None
         task = None
         if "task" in raw:
@@ -138,7 +141,8 @@ def parse_lesson(path: Path) -> Lesson:
             raise fail(path, i, "a step has a question or a task, not both")
         if "sgd" in raw and not (isinstance(raw["sgd"], dict) and "learning_rate" in raw["sgd"]):
             raise fail(path, i, "an 'sgd' step names its 'learning_rate'")
-        steps.append(Step(raw["text"], raw.get("goto"), question, task, raw.get("report"), raw.get("sgd")))
+        steps.append(Step(raw["text"], raw.get("goto"), question, task, raw.get("report"), raw.get("sgd"),
+                          list(raw.get("hide", []))))
     number = int(path.stem.split("-")[0]) if path.stem.split("-")[0].isdigit() else 0
     return Lesson(number, data["title"], data["model"], data.get("input", {}), steps, path,
                   bool(data.get("needs_report", False)))
@@ -747,9 +751,10 @@ class LessonSession:
         self.sgd = sgd_step(self.step.sgd, self.current, self.event, self.layer) if self.step.sgd else None
 
     def hidden(self) -> frozenset:
-        """The quantities the screen withholds while the question is open."""
+        """The quantities the screen withholds: the open question's, and for the whole step those a
+        later question asks for (the step's own `hide`)."""
         q = self.step.question
-        return frozenset(q.hide) if q and not self.answered else frozenset()
+        return frozenset(self.step.hide) | (frozenset(q.hide) if q and not self.answered else frozenset())
 
     def expected(self) -> float | str:
         return expected_answer(self.step.question, self.current, self.sgd or self.event, self.report, self.unit,

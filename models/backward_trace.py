@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from nntrace.layers.errors import InputShapeError
+from nntrace.layers.errors import InputShapeError, NNTraceError
 from nntrace.models.gradients import Call, LossInputs, gradients
 from nntrace.tracer.events import LayerGradient, LossGradient, Saliency
 from nntrace.tracer.trace import Trace, input_context, one_sample
@@ -61,6 +61,11 @@ def trace_backward(model: Any, x: Any, label: int | None = None, sample: int = 0
     class), as a `Trace` whose `direction` is "backward"."""
     one = one_sample(model, x, sample)
     context = input_context(model, one, labels)
+    classes_out = int(np.shape(model.predict_proba(one))[-1])
+    if classes_out < 2:
+        raise NNTraceError(f"model '{model.name}' has a 1-unit output: cross-entropy over one class is always 0, so "
+                           "its backward pass shows nothing; nntrace's backward pass needs 2 or more classes "
+                           "(a sigmoid binary head is not supported)")
     if label is None:
         label = predicted_class(model, one)
     classes = (context.get("labels") or [])

@@ -68,3 +68,19 @@ def test_a_label_outside_the_classes_is_one_line(cnn_files, capsys):
     code = cli.main(["compare", str(npz), "--image", str(image), "--backward", "--label", "99"])
     err = capsys.readouterr().err
     assert code == 2 and "label" in err and "Traceback" not in err
+
+
+def test_a_one_unit_head_is_refused_in_one_line(tmp_path, capsys):
+    import keras
+
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.save(tmp_path / "sig.keras")
+    x = np.zeros((4, 4, 3), np.uint8)
+    from PIL import Image
+    Image.fromarray(x).save(tmp_path / "img.png")
+    for argv in (["compare", str(tmp_path / "sig.keras"), "--image", str(tmp_path / "img.png"), "--backward"],
+                 ["grad", "cnn", "--model", str(tmp_path / "sig.keras"), "--image", str(tmp_path / "img.png")]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "1-unit output" in err and "Traceback" not in err

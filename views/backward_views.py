@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from nntrace.tracer.sanitize import clean_text
-from nntrace.views.formulas import factor, num, plain, term, terms
+from nntrace.views.formulas import factor, num, plain, sig, sig_factor, sig_term, term, terms
 from nntrace.views.render import Heatmap, Scale, bar, half_block_heatmap, half_block_image, number_grid, stack
 from nntrace.views.replay import token_label
 from nntrace.views.view_kit import ViewContext, fit, legends, line
@@ -48,7 +48,7 @@ def loss_view(ctx: ViewContext) -> Group:
     k = min(ctx.replay.unit, len(names) - 1)
     head = Text(f"loss: cross-entropy against class {e.label} '{clean_text(names[e.label], 30)}'; "
                 f"class {k} selected (↑/↓)\n", style="bold")
-    p_label = ctx.shown("probabilities", plain(e.probabilities[e.label]))
+    p_label = ctx.shown("probabilities", plain(e.probabilities[e.label], 6))
     head.append(f"L = −log p[{e.label}] = −log({p_label}) = ")
     head.append(ctx.shown("loss", plain(e.loss)), style="bold")
     head.append("\n")
@@ -138,17 +138,17 @@ def dense_gradient_heatmaps(ctx: ViewContext) -> list[Heatmap]:
 def dense_gradient_view(ctx: ViewContext) -> Group:
     e = ctx.event
     head = Text(f"{clean_text(e.layer)}: unit {e.unit} backward ({e.activation})\n", style="bold")
-    delta = ctx.shown("delta", num(e.delta))
+    delta = ctx.shown("delta", sig(e.delta))
     if e.from_loss:
         head.append(f"δ = ∂L/∂z[{e.unit}] = p − y, from the loss step = ")
     elif e.slope is None:
         head.append(f"δ = ∂L/∂z through the {e.activation} = ")
     else:
-        head.append(f"δ = ∂L/∂y · {e.activation}'(z) = {factor(e.output_gradient)}·{factor(e.slope)} = ")
+        head.append(f"δ = ∂L/∂y · {e.activation}'(z) = {sig_factor(e.output_gradient)}·{sig_factor(e.slope)} = ")
     head.append(delta, style="bold reverse")
     head.append("\n")
     if e.bias_gradient is not None:
-        head.append(f"∂L/∂b[{e.unit}] = δ = {ctx.shown('delta', num(e.bias_gradient))}\n")
+        head.append(f"∂L/∂b[{e.unit}] = δ = {ctx.shown('delta', sig(e.bias_gradient))}\n")
     k = len(e.inputs)
     head.append(f"∂L/∂W[i, {e.unit}] = x_i · δ for each of the {e.n_inputs} inputs; the {k} largest:", style="dim")
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
@@ -156,8 +156,8 @@ def dense_gradient_view(ctx: ViewContext) -> Group:
         table.add_column(col, justify="right", no_wrap=True)
     scale = Scale.signed(e.weight_gradients)
     for i, x, g in zip(e.inputs, e.x, e.weight_gradients):
-        table.add_row(str(int(i)), num(x), ctx.shown("delta", num(e.delta)),
-                      Text(ctx.shown("weight_gradients", num(g)), style=scale.colour(float(g))))
+        table.add_row(str(int(i)), sig(x), ctx.shown("delta", sig(e.delta)),
+                      Text(ctx.shown("weight_gradients", sig(g)), style=scale.colour(float(g))))
     return Group(head, table)
 
 
@@ -178,18 +178,18 @@ def kernel_gradient_view(ctx: ViewContext) -> Group:
     r, c = grid_cell(ctx, e.products.shape)
     head = Text(f"{clean_text(e.layer)}: kernel weight [{i}, {j}, ch{ch}] of filter {e.filter} backward; "
                 f"output cell ({r}, {c}) selected (arrows)\n", style="bold")
-    head.append(f"the weight W = {num(e.weight)} met one input at every one of the {oh}×{ow} output cells, "
+    head.append(f"the weight W = {sig(e.weight)} met one input at every one of the {oh}×{ow} output cells, "
                 "so its gradient sums over all of them\n", style="dim")
-    head.append(f"at cell ({r}, {c}): x·δ = {factor(e.inputs[r, c])}·{factor(e.deltas[r, c])} = "
-                f"{ctx.shown('products', num(e.products[r, c]))}\n")
+    head.append(f"at cell ({r}, {c}): x·δ = {sig_factor(e.inputs[r, c])}·{sig_factor(e.deltas[r, c])} = "
+                f"{ctx.shown('products', sig(e.products[r, c]))}\n")
     flat = r * ow + c
     if flat:
         pr, pc = divmod(flat - 1, ow)
-        head.append(f"sum so far (row by row, to ({r}, {c})) = {ctx.shown('running_before', num(e.running[pr, pc]))} "
-                    f"{term(e.products[r, c]) if 'products' not in ctx.hidden else '+ ?'} = "
-                    f"{ctx.shown('running', num(e.running[r, c]))}\n")
+        head.append(f"sum so far (row by row, to ({r}, {c})) = {ctx.shown('running_before', sig(e.running[pr, pc]))} "
+                    f"{sig_term(e.products[r, c]) if 'products' not in ctx.hidden else '+ ?'} = "
+                    f"{ctx.shown('running', sig(e.running[r, c]))}\n")
     head.append(f"∂L/∂W[{i}, {j}, {ch}, {e.filter}] = Σ over the {oh * ow} cells of x·δ = ")
-    head.append(ctx.shown("total", num(e.total)), style="bold reverse")
+    head.append(ctx.shown("total", sig(e.total)), style="bold reverse")
     maps = kernel_gradient_heatmaps(ctx)
     parts: list[Any] = [head]
     if oh * ow <= 16 and ctx.width >= 4 * 9 * ow // 2:
@@ -197,6 +197,10 @@ def kernel_gradient_view(ctx: ViewContext) -> Group:
                  for label, v, hide in (("x", e.inputs, False), ("δ", e.deltas, False),
                                         ("x·δ", e.products, "products" in ctx.hidden))]
         parts.append(fit(grids, ctx.width))
+    if "running" in ctx.hidden or "total" in ctx.hidden:  # its colours would tell the sums
+        maps = [m for m in maps if m.title != "sum so far"]
+    if "products" in ctx.hidden:
+        maps = [m for m in maps if m.title != "products x·δ"]
     parts.append(legends(maps))
     parts.append(fit([stack(Text(m.title, style="dim"), m.block()) for m in maps], ctx.width, gap=2))
     return Group(*parts)
@@ -210,10 +214,11 @@ def input_gradient_view(ctx: ViewContext) -> Group:
     filters = e.weights.shape[1] if e.weights.ndim == 2 else 0
     head.append(f"{n} output cells read this input (each through one kernel tap); each sends back "
                 f"Σ over the {filters} filters of W·δ\n", style="dim")
-    sums = ctx.shown("cell_sums", terms(e.cell_sums)) if n else "0"
+    sums = ctx.shown("cell_sums", " ".join(sig(v) if k == 0 else sig_term(v) for k, v in enumerate(e.cell_sums))) \
+        if n else "0"
     full = f"∂L/∂x[{e.row}, {e.col}, {e.channel}] = Σ cells = {sums} = "
     head.append(line(ctx, full, "∂L/∂x = Σ over the cells listed below = ", 9))
-    head.append(ctx.shown("total", num(e.total)), style="bold reverse")
+    head.append(ctx.shown("total", sig(e.total)), style="bold reverse")
     parts: list[Any] = [head]
     if n:
         orow, ocol = e.cells[k]
@@ -221,8 +226,8 @@ def input_gradient_view(ctx: ViewContext) -> Group:
         products = e.weights[k] * e.deltas[k]
         order = np.argsort(-np.abs(products), kind="stable")[:3]
         parts.append(Text(f"cell {k} (↑/↓ of {n}): output ({orow}, {ocol}) through tap ({ti}, {tj}): "
-                          f"Σ_f W·δ = {ctx.shown('cell_sums', num(e.cell_sums[k]))}", style="dim"))
-        largest = "its largest W·δ: " + ", ".join(f"f{int(f)} {factor(e.weights[k, f])}·{factor(e.deltas[k, f])}"
+                          f"Σ_f W·δ = {ctx.shown('cell_sums', sig(e.cell_sums[k]))}", style="dim"))
+        largest = "its largest W·δ: " + ", ".join(f"f{int(f)} {sig_factor(e.weights[k, f])}·{sig_factor(e.deltas[k, f])}"
                                                   for f in order)
         parts.append(Text(largest if len(largest) <= ctx.width else largest[:largest.rfind(", f")], style="dim"))
         table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
@@ -230,7 +235,7 @@ def input_gradient_view(ctx: ViewContext) -> Group:
             table.add_column(col, justify="right", no_wrap=True)
         for m, ((a, b), (p, q), s) in enumerate(zip(e.cells, e.taps, e.cell_sums)):
             table.add_row(Text(str(m), style="reverse" if m == k else ""), f"({a}, {b})", f"({p}, {q})",
-                          ctx.shown("cell_sums", num(s)))
+                          ctx.shown("cell_sums", sig(s)))
         parts.append(table)
     return Group(*parts)
 
@@ -248,18 +253,18 @@ def pool_routing_view(ctx: ViewContext) -> Group:
     ph, pw = e.window.shape
     head = Text(f"{clean_text(e.layer)}: channel {e.channel} at output row {e.row}, col {e.col} backward "
                 f"({e.mode} pooling, {ph}×{pw} window)\n", style="bold")
-    head.append(f"∂L/∂y here = {num(e.output_gradient)}\n")
+    head.append(f"∂L/∂y here = {sig(e.output_gradient)}\n")
     if e.winner is not None:
         wi, wj = e.winner
         head.append(f"max pooling: only the winner (window cell {ctx.shown('winner', f'{wi}, {wj}')}) changed the output, "
                     "so it gets all of it: ")
-        head.append(ctx.shown("routed", num(e.routed[wi, wj])), style="bold reverse")
+        head.append(ctx.shown("routed", sig(e.routed[wi, wj])), style="bold reverse")
         head.append("\nevery other cell of the window gets 0", style="dim")
     else:
         n = int(e.real.sum())
         cell = tuple(np.argwhere(e.real)[0])
-        head.append(f"average pooling: each of the {n} real cells gets ∂L/∂y / {n} = {num(e.output_gradient)} / {n} = ")
-        head.append(ctx.shown("routed", num(e.routed[cell])), style="bold reverse")
+        head.append(f"average pooling: each of the {n} real cells gets ∂L/∂y / {n} = {sig(e.output_gradient)} / {n} = ")
+        head.append(ctx.shown("routed", sig(e.routed[cell])), style="bold reverse")
     head.append(f"\ninput cell of window cell (0, 0): row {e.origin[0]}, col {e.origin[1]}", style="dim")
     grids = [stack(Text("window (forward values)", style="dim"), number_grid(e.window, "{:+.4f}", special=~e.real)),
              stack(Text("gradient each cell receives", style="dim"),
@@ -303,47 +308,51 @@ def recurrent_gradient_equations(ctx: ViewContext) -> Text:
     if e.masked:
         text.append(f"token {e.time} {token_label(ctx.trace, e.time)} is masked: the step did not happen, so "
                     "its gradients pass through unchanged\n", style="bold yellow")
-        text.append(f"δh_prev = δh_next = {num(e.dh_next[u])}\n")
+        text.append(f"δh_prev = δh_next = {sig(e.dh_next[u])}\n")
         if e.dc_next is not None:
-            text.append(f"δc_prev = δc_next = {num(e.dc_next[u])}\n")
+            text.append(f"δc_prev = δc_next = {sig(e.dc_next[u])}\n")
         return text
-    text.append(f"δh = from the output + from step t+1 = {num(e.dh_out[u])} {term(e.dh_next[u])} = ")
-    text.append(f"{ctx.shown('dh', num(e.dh[u]))}\n", style="bold")
+    numbers = f"{sig(e.dh_out[u])} {sig_term(e.dh_next[u])} = "
+    text.append(line(ctx, f"δh = from the output + from step t+1 = {numbers}", f"δh = output + next = {numbers}", 10))
+    text.append(f"{ctx.shown('dh', sig(e.dh[u]))}\n", style="bold")
     if e.cell == "lstm":
         i, f, g, o = (e.gates[row, u] for row in range(4))
-        text.append(f"δc = δc_next + δh·o·tanh'(c) = {num(e.dc_next[u])} + {factor(e.dh[u])}·{factor(o)}·"
-                    f"{factor(e.c_slope[u])} = ")
-        text.append(f"{ctx.shown('dc', num(e.dc[u]))}\n", style="bold")
+        numbers = f"{sig(e.dc_next[u])} + {sig_factor(e.dh[u])}·{sig_factor(o)}·{sig_factor(e.c_slope[u])} = "
+        text.append(line(ctx, f"δc = δc_next + δh·o·tanh'(c) = {numbers}", f"δc = {numbers}", 10))
+        text.append(f"{ctx.shown('dc', sig(e.dc[u]))}\n", style="bold")
         uses = (("i", "δc·g", (e.dc[u], g)), ("f", "δc·c_prev", (e.dc[u], e.c_prev[u])),
                 ("g", "δc·i", (e.dc[u], i)), ("o", "δh·tanh(c)", (e.dh[u], e.c_act[u])))
         for row, (gate, symbolic, (a, b)) in enumerate(uses):
             act = "tanh'" if gate == "g" else "σ'"
-            first = ctx.shown("dc", factor(a)) if gate != "o" else factor(a)
-            numbers = f"{first}·{factor(b)}·{factor(e.slopes[row, u])} = {ctx.shown('dz', num(e.dz[row, u]))}"
+            first = ctx.shown("dc", sig_factor(a)) if gate != "o" else sig_factor(a)
+            numbers = f"{first}·{sig_factor(b)}·{sig_factor(e.slopes[row, u])} = {ctx.shown('dz', sig(e.dz[row, u]))}"
             text.append(line(ctx, f"δ{gate} = {symbolic}·{act} = {numbers}", f"δ{gate} = {numbers}") + "\n")
-        text.append(f"δc_prev = δc·f = {ctx.shown('dc', factor(e.dc[u]))}·{factor(f)} = {ctx.shown('dc_prev', num(e.dc_prev[u]))}\n")
+        text.append(f"δc_prev = δc·f = {ctx.shown('dc', sig_factor(e.dc[u]))}·{sig_factor(f)} = {ctx.shown('dc_prev', sig(e.dc_prev[u]))}\n")
     elif e.cell == "simple_rnn":
-        text.append(f"δz = δh·tanh'(z) = {factor(e.dh[u])}·{factor(e.slopes[0, u])} = "
-                    f"{ctx.shown('dz', num(e.dz[0, u]))}\n")
+        text.append(f"δz = δh·tanh'(z) = {sig_factor(e.dh[u])}·{sig_factor(e.slopes[0, u])} = "
+                    f"{ctx.shown('dz', sig(e.dz[0, u]))}\n")
     elif e.cell == "gru" and e.gates is not None and e.h_prev is not None:
         z, r, h_tilde = (e.gates[row, u] for row in range(3))
-        d_h = ctx.shown("dz", num(e.dz[2, u]))
-        text.append(line(ctx, f"δh̃ = δh·(1 − z)·tanh' = {factor(e.dh[u])}·(1 − {plain(z)})·{factor(e.slopes[2, u])} = "
-                              f"{d_h}", f"δh̃ = {factor(e.dh[u])}·(1 − {plain(z)})·{factor(e.slopes[2, u])} = {d_h}")
+        d_h = ctx.shown("dz", sig(e.dz[2, u]))
+        text.append(line(ctx, f"δh̃ = δh·(1 − z)·tanh' = {sig_factor(e.dh[u])}·(1 − {plain(z)})·{sig_factor(e.slopes[2, u])} = "
+                              f"{d_h}", f"δh̃ = {sig_factor(e.dh[u])}·(1 − {plain(z)})·{sig_factor(e.slopes[2, u])} = {d_h}")
                     + "\n")
-        text.append(line(ctx, f"δz = δh·(h_prev − h̃)·σ' = {factor(e.dh[u])}·({num(e.h_prev[u])} − {factor(h_tilde)})·"
-                              f"{factor(e.slopes[0, u])} = {ctx.shown('dz', num(e.dz[0, u]))}",
-                         f"δz = {factor(e.dh[u])}·({num(e.h_prev[u])} − {factor(h_tilde)})·{factor(e.slopes[0, u])} = "
-                         f"{ctx.shown('dz', num(e.dz[0, u]))}") + "\n")
+        text.append(line(ctx, f"δz = δh·(h_prev − h̃)·σ' = {sig_factor(e.dh[u])}·({sig(e.h_prev[u])} − {sig_factor(h_tilde)})·"
+                              f"{sig_factor(e.slopes[0, u])} = {ctx.shown('dz', sig(e.dz[0, u]))}",
+                         f"δz = {sig_factor(e.dh[u])}·({sig(e.h_prev[u])} − {sig_factor(h_tilde)})·{sig_factor(e.slopes[0, u])} = "
+                         f"{ctx.shown('dz', sig(e.dz[0, u]))}") + "\n")
         if e.h_in is not None:  # reset_after: r multiplies h_prev·U_h + rb_h
-            text.append(f"δr = δh̃·(h_prev·U_h + rb_h)·σ' = {ctx.shown('dz', factor(e.dz[2, u]))}·{factor(e.h_in[u])}·"
-                        f"{factor(e.slopes[1, u])} = {ctx.shown('dz', num(e.dz[1, u]))}\n")
+            text.append(f"δr = δh̃·(h_prev·U_h + rb_h)·σ' = {ctx.shown('dz', sig_factor(e.dz[2, u]))}·{sig_factor(e.h_in[u])}·"
+                        f"{sig_factor(e.slopes[1, u])} = {ctx.shown('dz', sig(e.dz[1, u]))}\n")
         else:  # reset before the product: δr reads δh̃ through U_h, a sum over the units
-            text.append(f"δr = ((δh̃·U_hᵀ) ⊙ h_prev)·σ' = {ctx.shown('dz', num(e.dz[1, u]))}\n")
+            text.append(f"δr = ((δh̃·U_hᵀ) ⊙ h_prev)·σ' = {ctx.shown('dz', sig(e.dz[1, u]))}\n")
     else:
-        text.append("δ(pre-activation) per gate: " + ", ".join(num(e.dz[row, u]) for row in range(e.dz.shape[0]))
+        text.append("δ(pre-activation) per gate: " + ", ".join(sig(e.dz[row, u]) for row in range(e.dz.shape[0]))
                     + "\n")
-    text.append(f"δh_prev = Σ δ(gates)·Uᵀ, to step t−1: {ctx.shown('dh_prev', num(e.dh_prev[u]))}\n"
+    passed = "δz·Uᵀ" if e.cell == "simple_rnn" else "δh·z + Σ δ(gates)·Uᵀ" if e.cell == "gru" else "Σ δ(gates)·Uᵀ"
+    first = not any(ev.step < e.step for ev in ctx.replay.sweep())
+    to = "to the initial state" if first else "to step t−1"
+    text.append(f"δh_prev = {passed}, {to}: {ctx.shown('dh_prev', sig(e.dh_prev[u]))}\n"
                 f"‖δh‖ over the {len(e.dh)} units = {ctx.shown('norm', plain(e.norm))}", style="dim")
     return text
 
@@ -354,16 +363,26 @@ def recurrent_gradient_view(ctx: ViewContext) -> Group:
     head = Text(f"{clean_text(e.layer)}: {kind} {e.direction} sweep, gradients at token {e.time} "
                 f"{token_label(ctx.trace, e.time)}, unit {ctx.replay.unit} of 0–{len(e.dh) - 1}\n", style="bold")
     maps = recurrent_gradient_heatmaps(ctx)
+    sweep = sorted(ctx.replay.sweep(), key=lambda ev: ev.time)
+    tokens = ctx.trace.context.get("tokens") or []
+    padded = [ev for ev in sweep if ev.time < len(tokens) and not tokens[ev.time]]
     norms = Text("‖δh‖ per token (how much gradient reaches each step):\n", style="dim")
-    for ev in sorted(ctx.replay.sweep(), key=lambda ev: ev.time):
+    for ev in sweep:
+        if ev in padded and ev is not e:
+            continue
         label = token_label(ctx.trace, ev.time).strip("'")[:10]
         mark = "reverse" if ev.time == e.time else ""
         norms.append(f"{ev.time:>3} {label:<10} ", style=mark)
         norms.append(f"{ctx.shown('norm', plain(ev.norm))} {ctx.shown('norm', bar(ev.norm / (maps[-1].scale.hi or 1.0), 20))}\n",
                      style="dim" if ev.masked else "")
+    if padded:
+        values = {plain(ev.norm) for ev in padded}
+        shown = ctx.shown("norm", values.pop() if len(values) == 1 else "various")
+        norms.append(f"    positions {padded[0].time}–{padded[-1].time} [pad]: {shown} (masked steps pass it on)\n",
+                     style="dim")
     pictures = fit([stack(Text(m.title, style="bold"), m.block()) for m in maps[:-1]], ctx.width, gap=2)
     axes = Text("rows: units; columns: token positions; white: the selected unit and token", style="dim")
-    return Group(head, recurrent_gradient_equations(ctx), Text(), legends(maps[:1]), pictures, axes, norms)
+    return Group(head, recurrent_gradient_equations(ctx), norms, legends(maps[:1]), pictures, axes)
 
 
 # -- the input -----------------------------------------------------------------------------------

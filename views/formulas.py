@@ -6,6 +6,7 @@ equation on screen can be recomputed from what it prints: `a + b − c = d` sums
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 DIGITS = 4  # decimals of every number in an equation
@@ -48,3 +49,24 @@ def applied(activation: str, argument: str) -> str:
 def factor(value: float, digits: int = DIGITS) -> str:
     """A factor in a product: negative numbers in parentheses, `0.7600·(-0.6830)`."""
     return f"({num(value, digits)})" if value < 0 else plain(value, digits)
+
+
+def sig(value: float, digits: int = DIGITS) -> str:
+    """A signed number with at least `digits` significant digits (and at least DIGITS decimals):
+    gradients are often small, and `-0.0090` would hide that the factor is −0.008965."""
+    v = float(value)
+    if v == 0 or not math.isfinite(v) or abs(v) >= 1:
+        return num(v)
+    decimals = min(max(DIGITS, digits - 1 - math.floor(math.log10(abs(v)))), 10)
+    return f"{v:+.{decimals}f}"
+
+
+def sig_factor(value: float) -> str:
+    """`sig` as a factor in a product: negative numbers in parentheses."""
+    return f"({sig(value)})" if value < 0 else sig(value).lstrip("+")
+
+
+def sig_term(value: float) -> str:
+    """`sig` added to what precedes it: `+ 0.001723`, `− 0.0005000`."""
+    text = sig(value)
+    return f"{'+' if text[0] == '+' else '−'} {text[1:]}"

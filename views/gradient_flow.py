@@ -54,7 +54,7 @@ def gradient_flow_text(traces: list[tuple[str, Any]], sentence: str) -> Group:
         against = f"loss vs '{clean_text(str(classes[label]), 10)}'" if label is not None and label < len(classes) \
             else "its loss"
         table.add_column(f"{clean_text(name, 12)} ‖∂L/∂h_t‖", justify="right", no_wrap=True, min_width=10)
-        table.add_column(against, no_wrap=True, min_width=16)
+        table.add_column(against, no_wrap=True, min_width=12)
     tokens = next((t.context.get("tokens") for _, t, _ in per_model if t.context.get("tokens")), []) or []
     real = [pos for pos, token in enumerate(tokens) if token]
     for pos in real:
@@ -65,7 +65,7 @@ def gradient_flow_text(traces: list[tuple[str, Any]], sentence: str) -> Group:
                 row += ["", ""]
                 continue
             biggest = max(ev.norm for ev in norms.values()) or 1.0
-            row += [plain(e.norm), Text(bar(e.norm / biggest, 16))]
+            row += [plain(e.norm), Text(bar(e.norm / biggest, 12))]
         table.add_row(*row)
     padded = len(tokens) - len(real)
     note = Text((f"positions {len(real)}–{len(tokens) - 1} are padding: masked steps pass the gradient through "

@@ -37,7 +37,7 @@ class Passes:
                                 "nntrace trace … --backward")
             if label is not None and label != self.recorded.context.get("label"):
                 raise JumpError(f"the recorded backward pass is against class {self.recorded.context.get('label')}; "
-                                "another class needs the model (nntrace cnn|rnn|lstm)")
+                                "another class needs the model (nntrace cnn|rnn|lstm|gru|attention, or --model)")
             made = self.recorded
         else:
             try:

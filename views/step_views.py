@@ -503,10 +503,12 @@ def attention_heatmaps(ctx: ViewContext) -> list[Heatmap]:
               if ev.kind == "attention" and ev.head == e.head]
     n_queries = max(ev.query for ev in events) + 1
     grid = np.full((max(n_queries, e.query + 1), len(e.weights)), np.nan, np.float32)
+    hidden = "weights" in ctx.hidden  # a lesson asks about the weights: no colour may tell them
     for ev in events:
-        if not (ev is e and "weights" in ctx.hidden):
+        if not hidden:
             grid[ev.query] = ev.weights
-    return [Heatmap(f"head {e.head} weights", grid, Scale.gate(), "query", "key", mark=(e.query, ctx.replay.unit))]
+    return [Heatmap(f"head {e.head} weights", grid, Scale.gate(), "query", "key",
+                    mark=None if hidden else (e.query, ctx.replay.unit))]
 
 
 def attention_keys(e, j: int) -> tuple[list[int], list[int]]:

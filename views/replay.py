@@ -116,7 +116,7 @@ class Replay:
 
     def go_step(self, index: int) -> None:
         total = self.known_step_count()
-        if index < 0 or total is not None and index >= total or index > 0 and self.event_at(index) is None:
+        if index < 0 or total is not None and index >= max(total, 1) or index > 0 and self.event_at(index) is None:
             raise JumpError(self.out_of_range(index + 1))
         self.step = index
         self.clamp_unit()

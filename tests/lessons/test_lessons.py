@@ -12,7 +12,7 @@ from nntrace import cli
 from nntrace.lessons.runner import (FUNCTIONS, LessonError, LessonSession, Progress, check_answer, evaluate,
                                     format_answer, load_lessons, parse_lesson, resolve_layer, validate)
 from nntrace.tui import NNTraceApp
-from nntrace.views.formulas import num, plain
+from nntrace.views.formulas import num, sig, sig_term, plain
 
 LESSONS = load_lessons()
 QUESTIONS = [(lesson, i) for lesson in LESSONS for i, s in enumerate(lesson.steps) if s.question]
@@ -50,7 +50,8 @@ def test_seventeen_topics_and_at_least_half_the_questions_compute():
 def printed_forms(value: float) -> list[str]:
     """How a number may be printed: signed or plain, or as a term of a sum (`− 0.1633`)."""
     forms = [num(value), plain(value), f"{value:+.3f}", f"{value:.4f}",
-             f"{'−' if value < 0 else '+'} {abs(value):.4f}", f"{value:g}"]
+             f"{'−' if value < 0 else '+'} {abs(value):.4f}", f"{value:g}",
+             sig(value), sig(value).lstrip("+"), sig_term(value)]  # gradients: 4 significant digits
     if float(value).is_integer():
         forms += [f"{int(value)}", f"{value:5.0f}".strip()]
     return forms
@@ -75,7 +76,7 @@ def read_operand(screen: str, value) -> float | np.ndarray:
 
 
 def answer_forms(expected: float) -> list[str]:
-    return [num(expected), plain(expected)]
+    return [num(expected), plain(expected), sig(expected)]
 
 
 async def open_question(lesson, index, traces, size):
@@ -111,7 +112,7 @@ def test_each_question_shows_its_operands_and_withholds_its_answer(lesson, index
             await pilot.press(*typed, "enter")
             await pilot.pause()
             assert play.answered and play.tries == 0
-            assert not play.hidden()
+            assert play.hidden() == frozenset(play.step.hide)  # only what the step keeps for a later question
 
     asyncio.run(run())
 

@@ -136,6 +136,7 @@ def recurrent_model(cell, bidirectional: bool, return_sequences: bool, go_backwa
         for layer in (fwd, bwd):
             layer.config["zero_output_for_mask"] = return_sequences
         rnn = Bidirectional("rnn", fwd, bwd, merge_mode="concat")
+        rnn.set_weights(fwd.get_weights() + bwd.get_weights())
     else:
         rnn = make("rnn", go_backwards)
     layers = [emb, rnn]

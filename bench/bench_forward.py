@@ -1,7 +1,7 @@
 """Forward-pass throughput: scratch vs Keras `model.predict`, same inputs, same batch size, one run.
 
-Prints images/s (or sequences/s) for both and the ratio scratch / Keras. Targets: CNN ≥ 0.5×,
-recurrent and attention ≥ 1.0×.
+Prints images/s (or sequences/s) for both and the ratio scratch / Keras. Targets: CNN ≥ 0.8×,
+LSTM and GRU ≥ 1.5×, the transformer ≥ 1.0×. `--profile` adds the scratch CNN's time per layer.
 
     python bench/bench_forward.py [--batch-size 128] [--repeats 3]
 """

@@ -37,7 +37,7 @@ class SimpleRNNCell:
 
     @property
     def units(self) -> int:
-        return self.recurrent_kernel.shape[0]
+        return self.recurrent_kernel.shape[-2]
 
     def project_inputs(self, x: np.ndarray) -> np.ndarray:
         """`(batch, timesteps, features)` → `x @ kernel + bias`, `(batch, timesteps, units)`."""
@@ -91,7 +91,7 @@ class LSTMCell:
 
     @property
     def units(self) -> int:
-        return self.recurrent_kernel.shape[0]
+        return self.recurrent_kernel.shape[-2]
 
     project_inputs = SimpleRNNCell.project_inputs
 
@@ -105,7 +105,7 @@ class LSTMCell:
         """Pre-activation `z` `(batch, 4*units)` → the gates (i, f, g, o)."""
         u = self.units
         gated = self.recurrent_activation(z)  # one call for all four blocks; the g block is replaced
-        return gated[:, :u], gated[:, u:2 * u], self.activation(z[:, 2 * u:3 * u]), gated[:, 3 * u:]
+        return gated[..., :u], gated[..., u:2 * u], self.activation(z[..., 2 * u:3 * u]), gated[..., 3 * u:]
 
     def explain(self, x_t: np.ndarray, states: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """The four gates of one step for `x_t` `(batch, features)`, and their parts: x·W, h_prev·U,
@@ -177,7 +177,7 @@ class GRUCell:
 
     @property
     def units(self) -> int:
-        return self.recurrent_kernel.shape[0]
+        return self.recurrent_kernel.shape[-2]
 
     project_inputs = SimpleRNNCell.project_inputs
 
@@ -208,12 +208,12 @@ class GRUCell:
             inner = h_prev @ self.recurrent_kernel
             if self.recurrent_bias is not None:
                 inner += self.recurrent_bias
-            zr = self.recurrent_activation(x_proj[:, :2 * u] + inner[:, :2 * u])
-            h_tilde = self.activation(x_proj[:, 2 * u:] + zr[:, u:] * inner[:, 2 * u:])
+            zr = self.recurrent_activation(x_proj[..., :2 * u] + inner[..., :2 * u])
+            h_tilde = self.activation(x_proj[..., 2 * u:] + zr[..., u:] * inner[..., 2 * u:])
         else:
-            zr = self.recurrent_activation(x_proj[:, :2 * u] + h_prev @ self.recurrent_kernel[:, :2 * u])
-            h_tilde = self.activation(x_proj[:, 2 * u:] + (zr[:, u:] * h_prev) @ self.recurrent_kernel[:, 2 * u:])
-        z = zr[:, :u]
+            zr = self.recurrent_activation(x_proj[..., :2 * u] + h_prev @ self.recurrent_kernel[..., :2 * u])
+            h_tilde = self.activation(x_proj[..., 2 * u:] + (zr[..., u:] * h_prev) @ self.recurrent_kernel[..., 2 * u:])
+        z = zr[..., :u]
         h = z * h_prev + (1 - z) * h_tilde
         return h, [h]
 
@@ -749,6 +749,56 @@ class Bidirectional(Layer):
         self.forward_layer.set_weights(arrays[:n])
         self.backward_layer.set_weights(arrays[n:])
 
+    def paired_cell(self):
+        """One cell that steps both directions at once (their recurrent weights stacked on a leading
+        axis of 2), when the two layers are of one kind with the same settings; else None."""
+        fwd, bwd = self.forward_layer, self.backward_layer
+        if type(fwd) is not type(bwd) or not fwd.weights or not bwd.weights:
+            return None
+        same = ("units", "activation", "recurrent_activation", "reset_after", "zero_output_for_mask")
+        if any(fwd.config.get(k) != bwd.config.get(k) for k in same):
+            return None
+        a, b = fwd.cell, bwd.cell
+        if isinstance(a, GRUCell) and (a.recurrent_bias is None) != (b.recurrent_bias is None):
+            return None
+        stacked = {"recurrent_kernel": np.stack([a.recurrent_kernel, b.recurrent_kernel])}
+        if isinstance(a, GRUCell) and a.recurrent_bias is not None:
+            stacked["recurrent_bias"] = np.stack([a.recurrent_bias, b.recurrent_bias])[:, None, :]
+        return replace(a, **stacked)
+
+    def both_at_once(self, cell, x: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """`directions` for the inference forward pass, both directions stepped together by `cell`
+        (`paired_cell`): one matrix product and one activation call per step for the pair. The
+        masking rule and the outputs are those of `scan` for each direction."""
+        fwd, bwd = self.forward_layer, self.backward_layer
+        fwd.check_input(x, mask)
+        bwd.check_input(x, mask)
+        x = as_float32(x)
+        mask = None if mask is None else np.asarray(mask, bool)
+        flips = [bool(layer.config.get("go_backwards", False)) for layer in (fwd, bwd)]
+        xp = np.stack([(layer.cell.project_inputs(x)[:, ::-1] if flip else layer.cell.project_inputs(x))
+                       for layer, flip in zip((fwd, bwd), flips)])          # (2, batch, steps, gates·u)
+        m = None if mask is None else np.stack([mask[:, ::-1] if flip else mask for flip in flips])
+        zero_out = bool(fwd.config.get("zero_output_for_mask", False))
+        two, batch, steps = xp.shape[:3]
+        u = cell.units
+        states = [np.zeros((2, batch, u), np.float32) for _ in range(cell.n_states)]
+        prev = np.zeros((2, batch, u), np.float32)
+        outputs = np.zeros((2, batch, steps, u), np.float32)
+        every = None if m is None else m.all(axis=(0, 1))
+        for t in range(steps):  # processing step t of each direction
+            out, new_states = cell.step(xp[:, :, t], states)
+            if m is not None and not every[t]:
+                keep = m[:, :, t, None]
+                new_states = [np.where(keep, n, s_) for n, s_ in zip(new_states, states)]
+                out = np.where(keep, out, np.float32(0.0) if zero_out else prev)
+            outputs[:, :, t] = out
+            states, prev = new_states, out
+        if self.return_sequences:  # each layer's outputs in its processing order; the backward's flipped back
+            return outputs[0], outputs[1][:, ::-1]
+        last = outputs[:, :, -1] if steps else np.zeros((2, batch, u), np.float32)
+        return last[0], last[1]
+
     def directions(self, x: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Both directions' outputs before merging, backward already in input time order."""
         y = self.forward_layer.forward(x, mask)
@@ -770,8 +820,12 @@ class Bidirectional(Layer):
         return y, y_rev
 
     def call(self, x, mask, training):
+        paired = self.paired_cell()
+
         def part(lo: int, hi: int):  # sequences lo … hi − 1, both directions
-            return self.merge(*self.directions(x[lo:hi], None if mask is None else np.asarray(mask)[lo:hi]))
+            m = None if mask is None else np.asarray(mask)[lo:hi]
+            return self.merge(*(self.both_at_once(paired, x[lo:hi], m) if paired is not None
+                                else self.directions(x[lo:hi], m)))
 
         parts = over_batch(part, np.shape(x)[0])
         if isinstance(parts[0], tuple):  # merge_mode None: a pair

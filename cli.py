@@ -284,6 +284,12 @@ def check_input_options(args: argparse.Namespace, scratch) -> None:
     sentence for an image model."""
     from nntrace.models.inputs import InputError
 
+    graph_inputs = getattr(getattr(scratch, "graph", None), "inputs", None) or []
+    if len(graph_inputs) > 1:
+        names = ", ".join(str(i.get("name", "?")) for i in graph_inputs)
+        raise InputError(f"'{scratch.name}' takes {len(graph_inputs)} inputs ({names}); the nntrace commands feed a "
+                         "model one image or one sentence. Use the Python API with a list of arrays: "
+                         "model.predict_proba([a, b]), trace(model, [a, b]), model.gradients([a, b], y)")
     if scratch.takes_text:
         for option in ("image", "index"):
             if getattr(args, option, None) is not None:

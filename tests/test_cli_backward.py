@@ -84,3 +84,18 @@ def test_a_one_unit_head_is_refused_in_one_line(tmp_path, capsys):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert "1-unit output" in err and "Traceback" not in err
+
+
+def test_a_model_with_two_inputs_is_refused_with_what_to_do(tmp_path, capsys):
+    import keras
+
+    a, b = keras.Input((4, 4, 3), name="left"), keras.Input((4, 4, 3), name="right")
+    merged = keras.layers.Add()([keras.layers.Conv2D(2, 3)(a), keras.layers.Conv2D(2, 3)(b)])
+    model = keras.Model([a, b], keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(merged)))
+    model.save(tmp_path / "two.keras")
+    for argv in (["compare", str(tmp_path / "two.keras"), "--index", "0", "--backward"],
+                 ["trace", str(tmp_path / "two.keras"), "--index", "0", "-o", str(tmp_path / "t.nntrace")],
+                 ["grad", "cnn", "--model", str(tmp_path / "two.keras"), "--index", "0"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "takes 2 inputs (left, right)" in err and "Traceback" not in err

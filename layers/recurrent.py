@@ -488,6 +488,18 @@ class Recurrent(Layer):
         last, outputs, _ = self.run(x, mask, tape)
         return (outputs if self.config.get("return_sequences", False) else last), tape
 
+    def output_gradients(self, dy, x: np.ndarray) -> np.ndarray:
+        """dL/d(outputs) `(batch, timesteps, units)` in processing order for the layer's output
+        gradient `dy`: as given with `return_sequences`, else zeros but the last step."""
+        dy = as_float32(dy)
+        if self.config.get("return_sequences", False):
+            return dy
+        batch, steps = x.shape[:2]
+        d_outputs = np.zeros((batch, steps, self.cell.units), np.float32)
+        if steps:
+            d_outputs[:, -1] = dy
+        return d_outputs
+
     def backward(self, dy, x, mask=None, y=None, cache=None):
         """dL/dx `(batch, timesteps, features)` and {kernel, recurrent_kernel, bias} for dy
         `(batch, units)` or, with `return_sequences`, `(batch, timesteps, units)` (processing order)."""
@@ -495,23 +507,18 @@ class Recurrent(Layer):
             return Layer.backward(self, dy, x, mask, y, cache)  # says which layers have one
         x = as_float32(x)
         tape = self.forward_with_cache(x, mask)[1] if cache is None else cache
-        dy = as_float32(dy)
-        batch, steps = x.shape[:2]
-        if self.config.get("return_sequences", False):
-            d_outputs = dy
-        else:
-            d_outputs = np.zeros((batch, steps, self.cell.units), np.float32)
-            if steps:
-                d_outputs[:, -1] = dy
+        d_outputs = self.output_gradients(dy, x)
         kernel = self.weights["kernel"]
-        dz, d_recurrent_kernel = scan_backward(self.cell, tape, d_outputs,
-                                               None if mask is None else np.asarray(mask, bool),
-                                               bool(self.config.get("go_backwards", False)),
-                                               bool(self.config.get("zero_output_for_mask", False)))
+        dz, recurrent = scan_backward(self.cell, tape, d_outputs, None if mask is None else np.asarray(mask, bool),
+                                      bool(self.config.get("go_backwards", False)),
+                                      bool(self.config.get("zero_output_for_mask", False)))
+        # a GRU cell also gives its recurrent bias's gradient
+        d_recurrent_kernel, d_recurrent_bias = recurrent if isinstance(recurrent, tuple) else (recurrent, None)
         dz_rows = dz.reshape(-1, kernel.shape[1])
         grads = {"kernel": x.reshape(-1, kernel.shape[0]).T @ dz_rows, "recurrent_kernel": d_recurrent_kernel}
         if "bias" in self.weights:
-            grads["bias"] = dz_rows.sum(axis=0, dtype=np.float32)
+            d_bias = dz_rows.sum(axis=0, dtype=np.float32)
+            grads["bias"] = d_bias if d_recurrent_bias is None else np.stack([d_bias, d_recurrent_bias])
         return (dz_rows @ kernel.T).reshape(x.shape), grads
 
     def steps(self, x, mask=None, context=None, times=None, direction: str = "forward"):
@@ -557,14 +564,7 @@ class Recurrent(Layer):
             return
         x = as_float32(x)
         tape = self.forward_with_cache(x, mask)[1]
-        dy = as_float32(dy)
-        steps = x.shape[1]
-        if self.config.get("return_sequences", False):
-            d_outputs = dy
-        else:
-            d_outputs = np.zeros((1, steps, self.cell.units), np.float32)
-            if steps:
-                d_outputs[:, -1] = dy
+        d_outputs = self.output_gradients(dy, x)
         record: list = []
         scan_backward(self.cell, tape, d_outputs, None if mask is None else np.asarray(mask, bool),
                       bool(self.config.get("go_backwards", False)),
@@ -632,7 +632,8 @@ class LSTM(Recurrent):
 class GRU(Recurrent):
     """Gated recurrent unit; weights kernel `(in, 3u)`, recurrent_kernel `(u, 3u)`, bias `(2, 3u)`
     (row 0 the input bias, row 1 the recurrent bias) with `reset_after` (the default), else `(3u,)`.
-    Gate order z, r, h."""
+    Gate order z, r, h. With `reset_after` the bias gradient is `(2, 3u)`: the input bias's row, then
+    the recurrent bias's (each step's gradient of `h·U + rb`, whose candidate block is scaled by r)."""
 
     gates = 3
     config_keys = Recurrent.config_keys + ("reset_after",)
@@ -643,32 +644,6 @@ class GRU(Recurrent):
         if "bias" in shapes and self.config.get("reset_after", True):
             shapes["bias"] = (2, 3 * self.config["units"])
         return shapes
-
-    def backward(self, dy, x, mask=None, y=None, cache=None):
-        """dL/dx `(batch, timesteps, features)` and {kernel, recurrent_kernel, bias} for dy
-        `(batch, units)` or, with `return_sequences`, `(batch, timesteps, units)` (processing order);
-        with `reset_after` the bias gradient is `(2, 3u)`: the input bias's row, then the recurrent
-        bias's (the sum of each step's gradient of `h·U + rb`, whose candidate block is scaled by r)."""
-        x = as_float32(x)
-        tape = self.forward_with_cache(x, mask)[1] if cache is None else cache
-        dy = as_float32(dy)
-        batch, steps = x.shape[:2]
-        if self.config.get("return_sequences", False):
-            d_outputs = dy
-        else:
-            d_outputs = np.zeros((batch, steps, self.cell.units), np.float32)
-            if steps:
-                d_outputs[:, -1] = dy
-        kernel = self.weights["kernel"]
-        dz, (d_recurrent_kernel, d_recurrent_bias) = scan_backward(
-            self.cell, tape, d_outputs, None if mask is None else np.asarray(mask, bool),
-            bool(self.config.get("go_backwards", False)), bool(self.config.get("zero_output_for_mask", False)))
-        dz_rows = dz.reshape(-1, kernel.shape[1])
-        grads = {"kernel": x.reshape(-1, kernel.shape[0]).T @ dz_rows, "recurrent_kernel": d_recurrent_kernel}
-        if "bias" in self.weights:
-            d_bias = dz_rows.sum(axis=0, dtype=np.float32)
-            grads["bias"] = d_bias if d_recurrent_bias is None else np.stack([d_bias, d_recurrent_bias])
-        return (dz_rows @ kernel.T).reshape(x.shape), grads
 
     def make_cell(self):
         bias = self.weights.get("bias")

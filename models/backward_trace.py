@@ -21,12 +21,6 @@ from nntrace.tracer.trace import Trace, input_context, one_sample
 LOSS, INPUT = "loss", "input"
 
 
-def predicted_class(model: Any, one: Any) -> int:
-    """The class the model predicts for a batch of one."""
-    p = np.asarray(model.predict_proba(one))
-    return int(np.argmax(p.reshape(-1, p.shape[-1])[0]))
-
-
 def sample_of(value: Any) -> Any:
     """The first (only) sample of a batch-of-one array; None for anything else."""
     return value[0] if isinstance(value, np.ndarray) and value.ndim >= 1 and value.dtype.kind == "f" else None
@@ -61,13 +55,13 @@ def trace_backward(model: Any, x: Any, label: int | None = None, sample: int = 0
     class), as a `Trace` whose `direction` is "backward"."""
     one = one_sample(model, x, sample)
     context = input_context(model, one, labels)
-    classes_out = int(np.shape(model.predict_proba(one))[-1])
-    if classes_out < 2:
+    p = np.asarray(model.predict_proba(one))
+    if p.shape[-1] < 2:
         raise NNTraceError(f"model '{model.name}' has a 1-unit output: cross-entropy over one class is always 0, so "
                            "its backward pass shows nothing; nntrace's backward pass needs 2 or more classes "
                            "(a sigmoid binary head is not supported)")
     if label is None:
-        label = predicted_class(model, one)
+        label = int(np.argmax(p.reshape(-1, p.shape[-1])[0]))  # the predicted class
     classes = (context.get("labels") or [])
     calls: dict[str, Any] = {}
     try:

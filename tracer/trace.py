@@ -71,11 +71,11 @@ class Trace:
         return self.model.layer(layer).steps(x, mask, self.context, **self.options.get(layer, {}), **filters)
 
     def step_total(self, layer: str) -> int | None:
-        """The number of fine-grained steps of `layer` when the layer can say it without producing
-        them (a backward conv layer's many kernel and input-cell steps), else None."""
-        if self.model is None or layer not in self.inputs or layer in self.recorded_steps:
+        """The number of backward steps of `layer` when the layer can say it without producing
+        them (a conv layer's many kernel and input-cell steps), else None."""
+        if not self.backward or self.model is None or layer not in self.inputs or layer in self.recorded_steps:
             return None
-        count = getattr(self.model.layer(layer), "backward_step_count" if self.backward else "step_count", None)
+        count = getattr(self.model.layer(layer), "backward_step_count", None)
         return None if count is None else count(self.inputs[layer][0])
 
     def default_fine_layer(self) -> str | None:

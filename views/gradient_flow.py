@@ -8,14 +8,11 @@ from typing import Any
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import VerticalScroll
-from textual.screen import ModalScreen
-from textual.widgets import Static
 
 from nntrace.tracer.sanitize import clean_text
 from nntrace.views.formulas import plain
+from nntrace.views.gallery import GalleryScreen
 from nntrace.views.render import bar
 
 RECURRENT_CLASSES = ("Bidirectional", "LSTM", "SimpleRNN", "GRU")
@@ -73,14 +70,8 @@ def gradient_flow_text(traces: list[tuple[str, Any]], sentence: str) -> Group:
     return Group(title, table, note)
 
 
-class FlowScreen(ModalScreen):
+class FlowScreen(GalleryScreen):
+    """The gallery's scrolling text screen, closed with `v` (the key that opened it)."""
+
     BINDINGS = [Binding("escape,v,q", "app.pop_screen", "close")]
     DEFAULT_CSS = "FlowScreen > VerticalScroll { background: $surface; border: round $accent; }"
-
-    def __init__(self, text: Group) -> None:
-        super().__init__()
-        self.text = text
-
-    def compose(self) -> ComposeResult:
-        with VerticalScroll():
-            yield Static(self.text)

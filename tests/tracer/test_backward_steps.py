@@ -92,7 +92,9 @@ def test_a_conv_input_cell_lists_every_patch_that_read_it():
     x = rng.normal(size=(1, 7, 6, 2)).astype(np.float32)
     t = trace_backward(model, x, label=0)
     conv = model.layer("conv")
-    for e in (ev for ev in t.steps("conv") if ev.kind == "conv_input_gradient"):
+    cells = [ev for ev in t.steps("conv") if ev.kind == "conv_input_gradient"]
+    assert len(cells) == 7 * 6 * 2
+    for e in cells:
         # every listed cell's patch holds the input cell at the listed tap, and no other cell's does
         for (orow, ocol), (i, j) in zip(e.cells, e.taps):
             patch = next(conv.steps(t.inputs["conv"][0], rows=[orow], cols=[ocol], filters=[0]))

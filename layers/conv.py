@@ -7,6 +7,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from nntrace.layers import activations
+from nntrace.layers import vector_ops
 from nntrace.layers import winograd
 from nntrace.layers.parallel import over_batch
 from nntrace.layers.base import Layer, as_float32
@@ -40,9 +41,10 @@ def output_geometry(h: int, w: int, kernel: tuple[int, int], strides: tuple[int,
 
 #: From how many input channels, and input × output channels, a 3×3 stride-1 Conv2D's forward
 #: pass uses Winograd's F(2×2, 3×3): below them the transforms cost more than the products saved
-#: (measured on the seed CNN's layers: 32→32 is faster direct, 32→64 and up by Winograd).
+#: (measured on the seed CNN's layers with OpenBLAS's native kernel: up to 64→128 direct is as fast
+#: or faster, 128→128 is faster by Winograd).
 WINOGRAD_MIN_CHANNELS = 16
-WINOGRAD_MIN_PRODUCTS = 2048
+WINOGRAD_MIN_PRODUCTS = 16384
 
 
 class Conv2D(Layer):
@@ -124,11 +126,6 @@ class Conv2D(Layer):
         (kh, kw), (sh, sw) = self.kernel_size, self.strides
         n, _, _, c = xp.shape
         cols = np.empty((n, oh, ow, kh, kw, c), np.float32) if out is None else out[:n]
-        if c < 8:  # a few channels: runs of kw*cin floats are too short to pay off; copy per offset
-            for i in range(kh):
-                for j in range(kw):
-                    cols[:, :, :, i, j, :] = xp[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw, :]
-            return cols
         xp = np.ascontiguousarray(xp)
         s_n, s_h, _, s_c = xp.strides
         rows = as_strided(xp, shape=(n, xp.shape[1], ow, kw * c), strides=(s_n, s_h, sw * c * s_c, s_c),
@@ -161,10 +158,7 @@ class Conv2D(Layer):
             for s, m, cols in self.column_chunks(x[lo:hi], oh, ow):
                 z = out[lo + s:lo + s + m].reshape(-1, filters)
                 np.matmul(cols.reshape(-1, kh * kw * cin), self.kernel_matrix, out=z)
-                if "bias" in self.weights:
-                    z += self.weights["bias"]
-                if activate:
-                    self.activate_in_place(z)
+                self.finish_in_place(z, activate)
 
         over_batch(part, n)
         return out
@@ -183,11 +177,7 @@ class Conv2D(Layer):
                 m = min(step, hi - s)
                 padded[:m, t:t + h, l:l + w] = x[s:s + m]
                 z = winograd.correlate_3x3(padded[:m], self.winograd_kernel, oh, ow)
-                flat = z.reshape(-1, z.shape[-1])
-                if "bias" in self.weights:
-                    flat += self.weights["bias"]
-                if activate:
-                    self.activate_in_place(flat)
+                self.finish_in_place(z.reshape(-1, z.shape[-1]), activate)
                 out[s:s + m] = z
 
         over_batch(part, n)
@@ -313,6 +303,14 @@ class Conv2D(Layer):
             np.maximum(z, 0, out=z)
         elif name != "linear":
             z[...] = self.act(z)
+
+    def finish_in_place(self, z: np.ndarray, activate: bool) -> None:
+        """`z` `(pixels, filters)`, the kernel products: add the bias, then the activation when
+        `activate`; a ReLU shares the bias's pass over memory (layers/vector_ops.py)."""
+        relu = activate and activations.activation_name(self.config.get("activation")) == "relu"
+        vector_ops.bias_relu_in_place(z, self.weights.get("bias"), relu)
+        if activate and not relu:
+            self.activate_in_place(z)
 
     def steps(self, x, mask=None, context=None, rows=None, cols=None, filters=None):
         """One `ConvPatch` per (filter, row, col) of sample `x` `(1, h, w, in_ch)`, filter-major.

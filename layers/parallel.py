@@ -57,6 +57,9 @@ class limited_blas:
         if _controller is None:
             from threadpoolctl import ThreadpoolController
 
+            from nntrace.layers.memory import retain_freed_memory
+
+            retain_freed_memory()
             _controller = ThreadpoolController()
         self.limit = _controller.limit(limits=1, user_api="blas")
 

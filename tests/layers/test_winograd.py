@@ -12,13 +12,18 @@ from nntrace.models import load_scratch
 rng = np.random.default_rng(4)
 
 
-@pytest.mark.parametrize("padding,size,cin,filters", [("same", 24, 32, 64), ("valid", 23, 64, 32),
-                                                      ("same", 13, 16, 128), ("valid", 12, 48, 48)])
-def test_winograd_conv_matches_keras(padding, size, cin, filters):
+@pytest.mark.parametrize("padding,size,cin,filters,shipped", [("same", 24, 32, 64, False), ("valid", 23, 64, 32, False),
+                                                              ("same", 13, 16, 128, False), ("valid", 12, 48, 48, False),
+                                                              ("same", 10, 128, 128, True), ("valid", 12, 96, 192, True)])
+def test_winograd_conv_matches_keras(padding, size, cin, filters, shipped, monkeypatch):
+    if not shipped:  # smaller layers than the shipped thresholds send to Winograd, sent there anyway
+        monkeypatch.setattr(conv_module, "WINOGRAD_MIN_CHANNELS", 16)
+        monkeypatch.setattr(conv_module, "WINOGRAD_MIN_PRODUCTS", 2048)
     model = keras.Sequential([keras.Input((size, size, cin)),
                               keras.layers.Conv2D(filters, 3, padding=padding, activation="relu")])
     kernel, bias = model.layers[0].get_weights()
-    model.layers[0].set_weights([rng.normal(0, 0.2, kernel.shape), rng.normal(0, 0.5, bias.shape)])
+    model.layers[0].set_weights([rng.normal(0, np.sqrt(2 / (9 * cin)), kernel.shape),  # He's scale: outputs ~1
+                                  rng.normal(0, 0.5, bias.shape)])
     x = rng.normal(size=(24, size, size, cin)).astype(np.float32)
     scratch = load_scratch(model)
     layer = scratch.layers[-1]

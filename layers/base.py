@@ -26,6 +26,10 @@ class Layer:
     #: Names of the tensor arguments of a layer that takes several named ones (query, value, key…);
     #: empty for a layer that takes one tensor or one list of tensors.
     input_names: ClassVar[tuple[str, ...]] = ()
+    #: Whether the layer's own work already runs on several cores at once (a Bidirectional
+    #: layer's two directions), so that splitting the batch of its model between the cores
+    #: gains nothing.
+    parallel_inside: ClassVar[bool] = False
 
     def __init__(self, name: str, **config: Any) -> None:
         self.name = name

@@ -669,6 +669,7 @@ class Bidirectional(Layer):
 
     config_keys = ("merge_mode",)
     defaults = {"merge_mode": "concat"}
+    parallel_inside = True  # the two directions run at once (`together`)
     MERGE_MODES = ("concat", "sum", "mul", "ave", None)
 
     def __init__(self, name: str, layer: Recurrent | None = None, backward_layer: Recurrent | None = None,

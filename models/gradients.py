@@ -23,6 +23,7 @@ from nntrace.layers.activations import activation_name
 from nntrace.layers.conv import Conv2D
 from nntrace.layers.core import Dense
 from nntrace.layers.errors import InputShapeError, NNTraceError
+from nntrace.layers.parallel import over_batch
 from nntrace.models import optimizers
 from nntrace.models.graph import Graph, Node, Ref, run
 from nntrace.models.variables import trainable_variables
@@ -224,8 +225,8 @@ def check_labels(y: Any, output: Any, layer: Layer) -> np.ndarray:
     return ids
 
 
-def cross_entropy(logits: np.ndarray, labels: np.ndarray,
-                  mask: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray | None]:
+def cross_entropy(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None,
+                  total: int | None = None) -> tuple[float, np.ndarray, np.ndarray | None]:
     """Sparse softmax cross-entropy as TensorFlow's fused kernel computes it, in float32, reduced as
     Keras's loss does ("sum_over_batch_size").
 
@@ -243,7 +244,7 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray,
     exps = np.exp(shifted)
     sum_exps = exps.sum(axis=-1, dtype=np.float32)
     per_label = np.log(sum_exps) - shifted[rows, ids]
-    n = np.float32(len(ids))
+    n = np.float32(len(ids) if total is None else total)
     weights = None
     if mask is not None:
         valid = np.broadcast_to(np.asarray(mask, bool), labels.shape).reshape(-1)
@@ -257,14 +258,17 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray,
     return loss, d_logits.reshape(logits.shape), weights
 
 
-def probability_gradient(p: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """dL/dp = −onehot · weight / (n·p) for the mean of −log p[label] (zero off the labels)."""
+def probability_gradient(p: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None,
+                         total: int | None = None) -> np.ndarray:
+    """dL/dp = −onehot · weight / (n·p) for the mean of −log p[label] (zero off the labels); n is
+    `total` for one part of a larger batch."""
     flat = np.asarray(p, np.float64).reshape(-1, p.shape[-1])
     ids = labels.reshape(-1)
     rows = np.arange(len(ids))
     d_p = np.zeros(flat.shape, np.float64)
+    n = len(ids) if total is None else total
     with np.errstate(divide="ignore", invalid="ignore"):
-        d_p[rows, ids] = -(1.0 if weights is None else weights) / (len(ids) * flat[rows, ids])
+        d_p[rows, ids] = -(1.0 if weights is None else weights) / (n * flat[rows, ids])
     return np.nan_to_num(d_p).astype(np.float32).reshape(p.shape)
 
 
@@ -282,7 +286,9 @@ def gradients(model: Any, x: Any, y: Any, calls: dict | None = None, paths: bool
 
     The graph runs forward in topological order and backward in reverse; where a tensor feeds
     several calls their gradients add up, and a layer called several times sums its weight
-    gradients.
+    gradients. A large batch of one input array is split between the cores (each part runs the
+    whole model forward and back; the parts' losses and weight gradients add up, their input and
+    output gradients are concatenated; see `split_backward`).
 
     Args:
         x: the model input, as `forward` takes it: images `(batch, h, w, c)`, token ids
@@ -294,20 +300,69 @@ def gradients(model: Any, x: Any, y: Any, calls: dict | None = None, paths: bool
         paths: name the variables by their Keras paths in `weights` (False: `weights` stays empty
             and only `layer_weights` is filled; a model built by hand may have no unique paths).
     """
+    parts = split_backward(model, x, y) if calls is None else None
+    if parts is None:
+        parts = [backward(model, x, y, calls)]
+    first = parts[0]
+    layer_weights: dict[str, dict[str, np.ndarray]] = {}
+    for part in parts:
+        for layer, grads in part.layer_weights.items():
+            summed = layer_weights.setdefault(layer, {})
+            for name, grad in grads.items():
+                summed[name] = grad if name not in summed else summed[name] + grad
+    loss_value = float(np.sum([np.float32(part.loss) for part in parts], dtype=np.float32))
+    return Gradients(loss=loss_value, weights=keras_gradients(model, layer_weights) if paths else {},
+                     inputs=joined([part.inputs for part in parts]),
+                     outputs={name: joined([part.outputs[name] for part in parts]) for name in first.outputs},
+                     from_logits=first.from_logits, layer_weights=layer_weights)
+
+
+def split_backward(model: Any, x: Any, y: Any) -> list[Gradients] | None:
+    """`backward` over the cores' shares of a batch of one input array, or None where the batch
+    is not split (a small batch, one core, several inputs, a layer that already keeps the cores
+    busy, an output with a mask — whose weights count the valid entries of the whole batch — or
+    an error, which the whole batch then reports)."""
+    labels = np.asarray(y)
+    if (any(getattr(layer, "parallel_inside", False) for layer in model.layers) or not isinstance(x, np.ndarray)
+            or x.ndim == 0 or labels.ndim == 0 or len(labels) != len(x)):
+        return None
+    n = len(x)
+    try:
+        parts = over_batch(lambda lo, hi: backward(model, x[lo:hi], labels[lo:hi], total=n), n)
+    except NNTraceError:
+        return None
+    return parts if len(parts) > 1 and all(part is not None for part in parts) else None
+
+
+def joined(parts: list[Any]) -> Any:
+    """The parts' per-sample arrays along the batch (pairs and lists joined item by item)."""
+    first = parts[0]
+    if len(parts) == 1 or first is None:
+        return first
+    if isinstance(first, (tuple, list)):
+        return type(first)(joined(list(items)) for items in zip(*parts))
+    return np.concatenate(parts, axis=0)
+
+
+def backward(model: Any, x: Any, y: Any, calls: dict | None = None, total: int | None = None) -> Gradients | None:
+    """The forward and backward pass of `gradients` over one batch, weights by layer only; with
+    `total`, the batch is one part of a batch of `total` samples (None where the output has a mask)."""
     fwd = forward_pass(model, x)
     out, head = fwd.output, fwd.head()
     labels = check_labels(y, out, head.layer if head else model.layers[-1])
+    if total is not None and fwd.output_mask is not None:
+        return None
     readers = [r for rec in fwd.records for r in rec.node.refs]
     # A final softmax read by nothing else: start from the logits' gradient, as Keras's loss does.
     probabilities = head is not None and ends_in_softmax(head.layer, out)
     fused = probabilities and all(r.node != head.node.name for r in readers)
     loss_value, d_logits, weights = cross_entropy(logits_of(head.layer, head.x, out) if probabilities else out,
-                                                  labels, fwd.output_mask)
+                                                  labels, fwd.output_mask, total)
     if calls is not None:
         calls[""] = LossInputs(logits_of(head.layer, head.x, out) if probabilities else out, labels, loss_value,
                                d_logits, not probabilities)
     flow = Flow()
-    flow.add(fwd.output_ref, probability_gradient(out, labels, weights) if probabilities else d_logits)
+    flow.add(fwd.output_ref, probability_gradient(out, labels, weights, total) if probabilities else d_logits)
     outputs: dict[str, Any] = {name: None for name in fwd.given}
     layer_weights: dict[str, dict[str, np.ndarray]] = {}
     for rec in reversed(fwd.records):
@@ -327,8 +382,7 @@ def gradients(model: Any, x: Any, y: Any, calls: dict | None = None, paths: bool
             summed[name] = grad if name not in summed else summed[name] + grad
     d_inputs = [flow.gradient(name, value) for name, value in fwd.inputs.items()]
     order = [n.name for n in fwd.graph.nodes if n.name in outputs]
-    return Gradients(loss=loss_value, weights=keras_gradients(model, layer_weights) if paths else {},
-                     inputs=d_inputs[0] if len(d_inputs) == 1 else d_inputs,
+    return Gradients(loss=loss_value, weights={}, inputs=d_inputs[0] if len(d_inputs) == 1 else d_inputs,
                      outputs={name: outputs[name] for name in order},
                      from_logits=not probabilities, layer_weights=layer_weights)
 

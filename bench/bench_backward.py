@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from bench.bench_forward import text_model  # noqa: E402
+from bench.timing import blas_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,6 +122,7 @@ def main() -> None:
                       f"{r['compiled_cpu_ms']:.0f} / {r['eager_cpu_ms']:.0f} / {r['scratch_cpu_ms']:.0f}",
                       f"{r['cpu_ratio_compiled']:.2f}×", f"{r['max_rel']:.1e}")
     Console(width=200).print(table)
+    print(blas_line())
 
 
 if __name__ == "__main__":

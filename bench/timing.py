@@ -1,4 +1,5 @@
-"""Timing helper shared by the benchmark scripts."""
+"""Timing helpers shared by the benchmark scripts."""
+import os
 import time
 
 
@@ -11,3 +12,17 @@ def best_time(fn, repeats: int = 5) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def blas_line() -> str:
+    """Which BLAS NumPy's matrix products run on: library, version, the kernel it picked for this
+    CPU and its threads; and the environment variables that force another kernel, if set (the
+    scratch figures depend on the kernel: an AVX-512 CPU held to the Haswell kernel does about
+    half the floating-point work per cycle)."""
+    from threadpoolctl import threadpool_info
+
+    libs = sorted({f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture') or 'kernel not reported'}, "
+            f"{i.get('num_threads')} threads)" for i in threadpool_info() if i.get("user_api") == "blas"})
+    forced = [f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ]
+    return ("NumPy BLAS: " + (", ".join(libs) or "none found")
+            + (f"; set in the environment: {' '.join(forced)}" if forced else ""))

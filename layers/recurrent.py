@@ -11,6 +11,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from nntrace.layers import activations
+from nntrace.layers import vector_ops
 from nntrace.layers.base import Layer, as_float32
 from nntrace.layers.errors import InputShapeError
 from nntrace.layers.parallel import over_batch, together
@@ -39,13 +40,14 @@ class SimpleRNNCell:
     def units(self) -> int:
         return self.recurrent_kernel.shape[-2]
 
-    def project_inputs(self, x: np.ndarray) -> np.ndarray:
-        """`(batch, timesteps, features)` → `x @ kernel + bias`, `(batch, timesteps, units)`."""
+    def project_inputs(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """`(batch, timesteps, features)` → `x @ kernel + bias`, `(batch, timesteps, units)`, into
+        `out` (C-contiguous float32) when given."""
         # one matrix product over every (sample, step): NumPy runs `(b, t, f) @ (f, n)` as b products
-        z = (x.reshape(-1, x.shape[-1]) @ self.kernel).reshape(x.shape[:-1] + self.kernel.shape[1:])
-        if self.bias is not None:
-            z += self.bias
-        return z
+        z = np.matmul(x.reshape(-1, x.shape[-1]), self.kernel,
+                      out=None if out is None else out.reshape(-1, self.kernel.shape[-1]))
+        vector_ops.bias_relu_in_place(z, self.bias, relu=False)
+        return z.reshape(x.shape[:-1] + self.kernel.shape[1:])
 
     def step(self, x_proj: np.ndarray, states: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
         """One step: returns (output h_t, [h_t])."""
@@ -273,13 +275,23 @@ class GRUCell:
         if not len(tape):
             return np.zeros_like(self.recurrent_kernel), None if self.recurrent_bias is None else \
                 np.zeros_like(self.recurrent_bias)
-        h_prev = np.stack([cache[0] for _, cache in tape], axis=1).reshape(-1, u)
+
+        def over_steps(index: int) -> np.ndarray:
+            """Cache entry `index` of every step `(batch·timesteps, units)`; zero in the rows a step
+            did not compute (their dz is zero)."""
+            out = np.zeros(dz.shape[:2] + (u,), np.float32)
+            for k, (_, cache) in enumerate(tape):
+                if cache is not None:
+                    out[:len(cache[index]), k] = cache[index]
+            return out.reshape(-1, u)
+
+        h_prev = over_steps(0)
         if self.reset_after:  # the recurrent part of h̃'s pre-activation is r·(h·U_h + rb_h)
-            r = np.stack([cache[2] for _, cache in tape], axis=1).reshape(-1, u)
+            r = over_steps(2)
             d_inner = np.concatenate([rows[:, :2 * u], rows[:, 2 * u:] * r], axis=1)
             d_bias = d_inner.sum(axis=0, dtype=np.float32) if self.recurrent_bias is not None else None
             return h_prev.T @ d_inner, d_bias
-        h_in = np.stack([cache[4] for _, cache in tape], axis=1).reshape(-1, u)  # r·h
+        h_in = over_steps(4)  # r·h
         return np.concatenate([h_prev.T @ rows[:, :2 * u], h_in.T @ rows[:, 2 * u:]], axis=1), None
 
     def explain(self, x_t: np.ndarray, states: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -309,6 +321,58 @@ class GRUCell:
 # ---------------------------------------------------------------------------------------------
 # The scan: the one place that knows about masks and direction (Keras's backend.rnn).
 # ---------------------------------------------------------------------------------------------
+class Tape(list):
+    """The forward scan's record for `scan_backward`: one `(h_prev, cell cache or None)` per
+    processing step, and `order`, the permutation of the batch's rows the scan ran in (None: as
+    given)."""
+
+    order: np.ndarray | None = None
+
+
+def length_order(mask: np.ndarray | None) -> np.ndarray | None:
+    """The rows of a masked batch `(batch, timesteps)` by descending count of real steps (stable):
+    run in that order, the rows that step at any time are mostly the first ones, and the scan
+    skips the rest (`step_rows`). None where it cannot help: no mask, one row, equal counts."""
+    if mask is None or mask.shape[0] < 2:
+        return None
+    counts = mask.sum(axis=1)
+    if (counts == counts[0]).all():
+        return None
+    return np.argsort(-counts, kind="stable")
+
+
+def restore_order(order: np.ndarray | None, *arrays: np.ndarray) -> list[np.ndarray]:
+    """Rows run in `order` (`length_order`) put back in the batch's own order."""
+    if order is None:
+        return list(arrays)
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return [a[inverse] for a in arrays]
+
+
+def contiguous_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """`(start, stop)` per row of `mask` `(batch, timesteps)` when each row's real steps form one
+    run (post- or pre-padding; start == stop for a row with none); None when some row has a gap."""
+    counts = mask.sum(axis=1)
+    start = np.where(counts > 0, mask.argmax(axis=1), 0)
+    stop = start + counts
+    t = np.arange(mask.shape[1])
+    if not np.array_equal(mask, (t >= start[:, None]) & (t < stop[:, None])):
+        return None
+    return start, stop
+
+
+def step_rows(mask: np.ndarray | None, batch: int, steps: int) -> list[tuple[int, bool]]:
+    """Per input time t: `(n, whole)`, where `n` is one more than the last row that steps at t (0:
+    none does) and `whole` says whether every one of the first `n` rows steps. Rows from `n` on
+    only carry their states, so a scan computes the first `n` rows alone."""
+    if mask is None:
+        return [(batch, True)] * steps
+    stepped = mask.any(axis=0)
+    n = np.where(stepped, batch - np.argmax(mask[::-1], axis=0), 0)
+    return [(int(a), int(a) == int(c)) for a, c in zip(n, mask.sum(axis=0))]
+
+
 def scan_steps(cell, x_proj: np.ndarray, mask: np.ndarray | None = None, go_backwards: bool = False,
                zero_output_for_mask: bool = False,
                tape: list | None = None) -> Iterator[tuple[int, int, np.ndarray, list, list]]:
@@ -316,24 +380,37 @@ def scan_steps(cell, x_proj: np.ndarray, mask: np.ndarray | None = None, go_back
 
     `k` counts processing steps, `t` is the index in the input sequence. At a masked step every
     state keeps its previous value and the output is the previous output (or zeros with
-    `zero_output_for_mask`), as in Keras's backend.rnn. A `tape` list receives each step's cell
-    cache, in processing order, for `scan_backward`.
+    `zero_output_for_mask`), as in Keras's backend.rnn; rows after the last one that steps are not
+    computed (`step_rows`). A `tape` list receives each step's `(h_prev, cell cache)`, in
+    processing order, for `scan_backward` (the cache covers the rows computed; None when none was).
     """
     batch, steps = x_proj.shape[:2]
     states = [np.zeros((batch, cell.units), np.float32) for _ in range(cell.n_states)]
-    prev_out = np.zeros((batch, cell.units), np.float32)
+    zeros = np.zeros((batch, cell.units), np.float32)
+    prev_out = zeros
     order = range(steps - 1, -1, -1) if go_backwards else range(steps)
-    every = None if mask is None else mask.all(axis=0)  # (timesteps,): no sequence is masked there
+    rows = step_rows(mask, batch, steps)
     for k, t in enumerate(order):
-        if tape is None:
-            out, new_states = cell.step(x_proj[:, t], states)
+        n, whole = rows[t]
+        held = zeros if zero_output_for_mask else prev_out  # the output of a row that does not step
+        if n == 0:
+            out, new_states = held, states
+            if tape is not None:
+                tape.append((states[0], None))
         else:
-            out, new_states, cache = cell.step_cached(x_proj[:, t], states)
-            tape.append((states[0], cache))
-        if mask is not None and not every[t]:
-            m = mask[:, t, None]
-            new_states = [np.where(m, n, s) for n, s in zip(new_states, states)]
-            out = np.where(m, out, np.float32(0.0) if zero_output_for_mask else prev_out)
+            part = states if n == batch else [s[:n] for s in states]
+            if tape is None:
+                out, new_states = cell.step(x_proj[:n, t], part)
+            else:
+                out, new_states, cache = cell.step_cached(x_proj[:n, t], part)
+                tape.append((states[0], cache))
+            if not whole:
+                m = mask[:n, t, None]
+                new_states = [np.where(m, a, s) for a, s in zip(new_states, part)]
+                out = np.where(m, out, held[:n])
+            if n < batch:
+                new_states = [np.concatenate([a, s[n:]]) for a, s in zip(new_states, states)]
+                out = np.concatenate([out, held[n:]])
         yield k, t, out, states, new_states
         states, prev_out = new_states, out
 
@@ -375,7 +452,8 @@ def scan_backward(cell, tape: list, d_outputs: np.ndarray, mask: np.ndarray | No
         `recurrent_weight_gradients` (GRU), what that returns).
 
     A masked step copied the states and (unless `zero_output_for_mask`) the previous output, so
-    their gradients pass through it unchanged and the step's own computation gets nothing.
+    their gradients pass through it unchanged and the step's own computation gets nothing; the
+    rows that the forward scan did not compute are not computed here either.
     A `record` list receives one `(k, t, d_out, d_states_in, d_states_out, dz or None)` per
     processing step, last step first: the output's gradient, the states' gradients arriving from
     step k + 1 and those passed on to step k − 1 (for the backward trace).
@@ -386,26 +464,33 @@ def scan_backward(cell, tape: list, d_outputs: np.ndarray, mask: np.ndarray | No
     d_carry = zeros  # reaches the previous output through a masked step
     dz = np.zeros((batch, steps, cell.recurrent_kernel.shape[1]), np.float32)
     h_prev = np.zeros((batch, steps, cell.units), np.float32)
+    rows = step_rows(mask, batch, steps)
     for k in range(steps - 1, -1, -1):
         t = steps - 1 - k if go_backwards else k
         d_out = d_outputs[:, k] + d_carry
-        stepped = None if mask is None else mask[:, t]
+        n, whole = rows[t]
+        held = zeros if zero_output_for_mask else d_out  # what a row that did not step passes back
         d_in = d_states
-        if stepped is not None and not stepped.any():  # no sequence stepped: everything passes through
-            d_carry = zeros if zero_output_for_mask else d_out
+        if n == 0:  # no sequence stepped: everything passes through
+            d_carry = held
             if record is not None:
                 record.append((k, t, d_out, d_in, d_states, None))
             continue
         h_prev[:, k], cache = tape[k]
-        if stepped is None or stepped.all():
-            d_carry = zeros
-            dz[:, k], d_states = cell.step_backward(cache, d_out, d_states)
+        part_out, part_states = d_out[:n], [d[:n] for d in d_states]
+        if whole:
+            carry = zeros[:n]
+            dz[:n, k], d_new = cell.step_backward(cache, part_out, part_states)
         else:
-            took = stepped[:, None].astype(np.float32)  # 1 where the step happened, 0 where it copied
+            took = mask[:n, t, None].astype(np.float32)  # 1 where the step happened, 0 where it copied
             kept = 1 - took
-            d_carry = zeros if zero_output_for_mask else d_out * kept
-            dz[:, k], d_new = cell.step_backward(cache, d_out * took, [d * took for d in d_states])
-            d_states = [new + d * kept for new, d in zip(d_new, d_states)]
+            carry = zeros[:n] if zero_output_for_mask else part_out * kept
+            dz[:n, k], d_new = cell.step_backward(cache, part_out * took, [d * took for d in part_states])
+            d_new = [new + d * kept for new, d in zip(d_new, part_states)]
+        if n < batch:
+            d_new = [np.concatenate([a, d[n:]]) for a, d in zip(d_new, d_states)]
+            carry = np.concatenate([carry, held[n:]])
+        d_states, d_carry = d_new, carry
         if record is not None:
             record.append((k, t, d_out, d_in, d_states, dz[:, k].copy()))
     if hasattr(cell, "recurrent_weight_gradients"):  # a recurrent part other than h_prev @ U (GRU)
@@ -463,13 +548,22 @@ class Recurrent(Layer):
             raise InputShapeError(self.name, type(self).__name__, f"a mask of shape {x.shape[:2]}",
                                   f"shape {np.shape(mask)}")
 
-    def run(self, x: np.ndarray, mask: np.ndarray | None, tape: list | None = None):
-        """Scan the sequence: (last_output, outputs in processing order, states); see `scan`."""
+    def run(self, x: np.ndarray, mask: np.ndarray | None, tape: Tape | None = None):
+        """Scan the sequence: (last_output, outputs in processing order, states); see `scan`. A
+        masked batch runs longest rows first (`length_order`, kept in `tape.order`); the results
+        come back in the batch's order."""
         self.check_input(x, mask)
+        mask = None if mask is None else np.asarray(mask, bool)
+        order = length_order(mask)
+        if order is not None:
+            x, mask = x[order], mask[order]
+        if tape is not None:
+            tape.order = order
         x_proj = self.cell.project_inputs(as_float32(x))
-        return scan(self.cell, x_proj, None if mask is None else np.asarray(mask, bool),
-                    bool(self.config.get("go_backwards", False)),
-                    bool(self.config.get("zero_output_for_mask", False)), tape)
+        last, outputs, states = scan(self.cell, x_proj, mask, bool(self.config.get("go_backwards", False)),
+                                     bool(self.config.get("zero_output_for_mask", False)), tape)
+        last, outputs, *states = restore_order(order, last, outputs, *states)
+        return last, outputs, states
 
     def call(self, x, mask, training):
         self.check_input(x, mask)
@@ -484,7 +578,7 @@ class Recurrent(Layer):
         """The output and the scan's tape (each step's cell cache) for `backward`."""
         if not self.weights or not hasattr(self.cell, "step_cached"):
             return self.forward(x, mask), None
-        tape: list = []
+        tape = Tape()
         last, outputs, _ = self.run(x, mask, tape)
         return (outputs if self.config.get("return_sequences", False) else last), tape
 
@@ -509,9 +603,13 @@ class Recurrent(Layer):
         tape = self.forward_with_cache(x, mask)[1] if cache is None else cache
         d_outputs = self.output_gradients(dy, x)
         kernel = self.weights["kernel"]
-        dz, recurrent = scan_backward(self.cell, tape, d_outputs, None if mask is None else np.asarray(mask, bool),
-                                      bool(self.config.get("go_backwards", False)),
+        mask = None if mask is None else np.asarray(mask, bool)
+        order = getattr(tape, "order", None)  # the rows' order in the forward scan
+        if order is not None:
+            d_outputs, mask = d_outputs[order], mask[order]
+        dz, recurrent = scan_backward(self.cell, tape, d_outputs, mask, bool(self.config.get("go_backwards", False)),
                                       bool(self.config.get("zero_output_for_mask", False)))
+        dz, = restore_order(order, dz)
         # a GRU cell also gives its recurrent bias's gradient
         d_recurrent_kernel, d_recurrent_bias = recurrent if isinstance(recurrent, tuple) else (recurrent, None)
         dz_rows = dz.reshape(-1, kernel.shape[1])
@@ -752,8 +850,12 @@ class Bidirectional(Layer):
         x = as_float32(x)
         mask = None if mask is None else np.asarray(mask, bool)
         flips = [bool(layer.config.get("go_backwards", False)) for layer in (fwd, bwd)]
-        xp = np.stack([(layer.cell.project_inputs(x)[:, ::-1] if flip else layer.cell.project_inputs(x))
-                       for layer, flip in zip((fwd, bwd), flips)])          # (2, batch, steps, gates·u)
+        runs = None if length_order(mask) is None else contiguous_runs(mask)
+        if runs is not None:
+            return self.real_steps_at_once(cell, x, runs, flips)
+        xp = np.empty((2,) + x.shape[:2] + (cell.recurrent_kernel.shape[-1],), np.float32)  # (2, batch, steps, gates·u)
+        for d, (layer, flip) in enumerate(zip((fwd, bwd), flips)):
+            layer.cell.project_inputs(x[:, ::-1] if flip else x, out=xp[d])
         m = None if mask is None else np.stack([mask[:, ::-1] if flip else mask for flip in flips])
         zero_out = bool(fwd.config.get("zero_output_for_mask", False))
         two, batch, steps = xp.shape[:3]
@@ -774,6 +876,56 @@ class Bidirectional(Layer):
             return outputs[0], outputs[1][:, ::-1]
         last = outputs[:, :, -1] if steps else np.zeros((2, batch, u), np.float32)
         return last[0], last[1]
+
+    def real_steps_at_once(self, cell, x: np.ndarray, runs: tuple[np.ndarray, np.ndarray],
+                           flips: list[bool]) -> tuple[np.ndarray, np.ndarray]:
+        """`both_at_once` for a batch whose rows are real in one run of steps each (`runs`: start
+        and stop per row; post- or pre-padding), of different lengths. Each direction steps only
+        through a row's real steps, lined up from step 0 and longest rows first, so step j
+        computes just the rows longer than j. A masked step before a row's run keeps the zero
+        state and outputs zeros; one after it keeps the final state and outputs it again (zeros
+        with `zero_output_for_mask`), as `scan` does."""
+        start, stop = runs
+        order = np.argsort(start - stop, kind="stable")  # longest first
+        x, start, stop = x[order], start[order], stop[order]
+        batch, steps = x.shape[:2]
+        counts = stop - start
+        j = np.arange(steps)
+        rows = np.arange(batch)[:, None]
+        # the input time of a row's j-th real step in each direction's processing order
+        times = [np.clip(stop[:, None] - 1 - j if flip else start[:, None] + j, 0, max(steps - 1, 0)) for flip in flips]
+        xp = np.empty((2, batch, steps, cell.recurrent_kernel.shape[-1]), np.float32)
+        for d, (layer, at) in enumerate(zip((self.forward_layer, self.backward_layer), times)):
+            layer.cell.project_inputs(x[rows, at], out=xp[d])
+        states = [np.zeros((2, batch, cell.units), np.float32) for _ in range(cell.n_states)]
+        real = None
+        if self.return_sequences:
+            real = np.zeros((2, batch, steps, cell.units), np.float32)  # output of each row's j-th real step
+        for k, n in enumerate((counts[None, :] > j[:, None]).sum(axis=1)):
+            if n == 0:
+                break
+            out, new_states = cell.step(xp[:, :n, k], [s_[:, :n] for s_ in states])
+            for s_, new in zip(states, new_states):
+                s_[:, :n] = new
+            if real is not None:
+                real[:, :n, k] = out
+        final = states[0]  # each row's output after its last real step (zeros for a row with none)
+        zero_out = bool(self.forward_layer.config.get("zero_output_for_mask", False))
+        # where each direction's j-th real step falls in its processing order
+        offsets = [steps - stop if flip else start for flip in flips]
+        if not self.return_sequences:
+            last = [np.where(((offset + counts < steps) & zero_out)[:, None], np.float32(0.0), final[d])
+                    for d, offset in enumerate(offsets)]
+            return tuple(restore_order(order, *last))
+        outputs = []
+        for d, offset in enumerate(offsets):
+            at = j[None, :] - offset[:, None]  # (batch, steps): real-step index at each processing step
+            y = real[d][rows, np.clip(at, 0, max(steps - 1, 0))]
+            y[at < 0] = 0.0
+            after = at >= counts[:, None]
+            y[after] = 0.0 if zero_out else np.broadcast_to(final[d][:, None, :], y.shape)[after]
+            outputs.append(y)
+        return tuple(restore_order(order, outputs[0], outputs[1][:, ::-1]))
 
     def directions(self, x: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Both directions' outputs before merging, backward already in input time order."""

@@ -257,8 +257,9 @@ class Conv2D(Layer):
             for s, m, cols in self.column_chunks(x[lo:hi], oh, ow):
                 d_kernel += cols.reshape(-1, kh * kw * cin).T @ dz[lo + s:lo + s + m].reshape(-1, filters)
             shape = (hi - lo,) + x.shape[1:]
-            dx[lo:hi] = self.flipped_correlation(dz[lo:hi], shape) if self.strides == (1, 1) else \
-                self.col2im(dz[lo:hi], shape)
+            # fewer input than output channels: dz @ kernelᵀ has the wider matrix product
+            flipped = self.strides == (1, 1) and cin >= filters
+            dx[lo:hi] = self.flipped_correlation(dz[lo:hi], shape) if flipped else self.col2im(dz[lo:hi], shape)
             return d_kernel
 
         d_kernel = sum(over_batch(part, x.shape[0]))
@@ -282,19 +283,24 @@ class Conv2D(Layer):
 
     def col2im(self, dz: np.ndarray, shape: tuple) -> np.ndarray:
         """dL/dx for any stride: each patch's gradient `dz @ kernelᵀ` added back where the patch was
-        read from."""
+        read from, a chunk of images at a time in reused buffers."""
         (kh, kw), (sh, sw), (n, h, w, cin) = self.kernel_size, self.strides, shape
         (t, b), (l, r), oh, ow = output_geometry(h, w, self.kernel_size, self.strides, self.padding)
         dx = np.empty(shape, np.float32)
         step = max(1, min(n, self.chunk_rows // max(oh * ow, 1)))
+        kernel_t = np.ascontiguousarray(self.kernel_matrix.T)  # (filters, kh·kw·cin)
+        d_cols = np.empty((step * oh * ow, kh * kw * cin), np.float32)
+        d_padded = np.empty((step, h + t + b, w + l + r, cin), np.float32)
         for s in range(0, n, step):
             m = min(step, n - s)
-            d_cols = (dz[s:s + m].reshape(-1, dz.shape[-1]) @ self.kernel_matrix.T).reshape(m, oh, ow, kh, kw, cin)
-            d_padded = np.zeros((m, h + t + b, w + l + r, cin), np.float32)
+            cols = np.matmul(dz[s:s + m].reshape(-1, dz.shape[-1]), kernel_t, out=d_cols[:m * oh * ow])
+            cols = cols.reshape(m, oh, ow, kh, kw, cin)
+            padded = d_padded[:m]
+            padded.fill(0.0)
             for i in range(kh):
                 for j in range(kw):
-                    d_padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += d_cols[:, :, :, i, j]
-            dx[s:s + m] = d_padded[:, t:t + h, l:l + w]
+                    padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += cols[:, :, :, i, j]
+            dx[s:s + m] = padded[:, t:t + h, l:l + w]
         return dx
 
     def activate_in_place(self, z: np.ndarray) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nntrace.layers import vector_ops
 from nntrace.layers.base import Layer, as_float32
 from nntrace.layers.errors import InputShapeError
 
@@ -62,7 +63,7 @@ class BatchNormalization(Layer):
                                   f"shape {x.shape}")
         a = self.channel_axis(x.ndim)
         if a == x.ndim - 1:
-            return as_float32(x) * self.multiplier + self.shift
+            return vector_ops.scale_shift(as_float32(x), self.multiplier, self.shift)
         along = (c,) + (1,) * (x.ndim - 1 - a)  # broadcast over the axes after the channels
         return as_float32(x) * self.multiplier.reshape(along) + self.shift.reshape(along)
 
@@ -76,7 +77,7 @@ class BatchNormalization(Layer):
         dy = as_float32(dy)
         rows = dy.reshape(-1, dy.shape[-1])
         grads = {}
-        d_beta = rows.sum(axis=0, dtype=np.float32)
+        d_beta = vector_ops.channel_sums(rows)
         if "gamma" in w:
             inv_std = (1.0 / np.sqrt(w["moving_variance"] + np.float32(self.config.get("epsilon", 1e-3)))).astype(
                 np.float32)
@@ -84,7 +85,7 @@ class BatchNormalization(Layer):
             grads["gamma"] = (dy_x - w["moving_mean"] * d_beta) * inv_std
         if "beta" in w:
             grads["beta"] = d_beta
-        return dy * self.multiplier, grads
+        return vector_ops.scale_shift(dy, self.multiplier), grads
 
 
 class LayerNormalization(Layer):

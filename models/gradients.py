@@ -13,6 +13,7 @@ uses its moving statistics.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -30,7 +31,6 @@ from nntrace.models.variables import trainable_variables
 from nntrace.tracer.recorder import NULL_TRACER
 
 
-@dataclass
 class Gradients:
     """One backward pass over a batch.
 
@@ -43,17 +43,46 @@ class Gradients:
         from_logits: whether the model's output was taken as logits.
         layer_weights: layer name → scratch weight name → gradient, for every weight a gradient
             reached (a frozen layer's too), summed over a shared layer's calls.
+
+    A batch split between the cores keeps each part's input and output gradients, and joins a
+    layer's parts along the batch when it is first read (`inputs`, `outputs[name]`): the weight
+    gradients, what a training step needs, never wait for those copies.
     """
 
-    loss: float
-    weights: dict[str, np.ndarray]
-    inputs: np.ndarray | None
-    outputs: dict[str, Any]
-    from_logits: bool = False
-    layer_weights: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    def __init__(self, loss: float, weights: dict[str, np.ndarray], inputs: Any, outputs: Mapping[str, Any],
+                 from_logits: bool = False, layer_weights: dict[str, dict[str, np.ndarray]] | None = None,
+                 input_parts: list[Any] | None = None) -> None:
+        self.loss, self.weights, self.outputs = loss, weights, outputs
+        self.from_logits = from_logits
+        self.layer_weights = {} if layer_weights is None else layer_weights
+        self._inputs, self._input_parts = inputs, input_parts
+
+    @property
+    def inputs(self) -> Any:
+        if self._input_parts is not None:
+            self._inputs, self._input_parts = joined(self._input_parts), None
+        return self._inputs
 
     def __repr__(self) -> str:
         return f"Gradients(loss={self.loss:.6g}, {len(self.weights)} variables, {len(self.outputs)} layers)"
+
+
+class JoinedParts(Mapping):
+    """Layer name → the parts' gradients joined along the batch, each joined once, when first read."""
+
+    def __init__(self, parts: list[Mapping[str, Any]]) -> None:
+        self.parts, self.done = parts, {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.done:
+            self.done[name] = joined([part[name] for part in self.parts])
+        return self.done[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.parts[0])
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
 
 
 @dataclass
@@ -312,8 +341,8 @@ def gradients(model: Any, x: Any, y: Any, calls: dict | None = None, paths: bool
                 summed[name] = grad if name not in summed else summed[name] + grad
     loss_value = float(np.sum([np.float32(part.loss) for part in parts], dtype=np.float32))
     return Gradients(loss=loss_value, weights=keras_gradients(model, layer_weights) if paths else {},
-                     inputs=joined([part.inputs for part in parts]),
-                     outputs={name: joined([part.outputs[name] for part in parts]) for name in first.outputs},
+                     inputs=first.inputs, input_parts=[part.inputs for part in parts] if len(parts) > 1 else None,
+                     outputs=JoinedParts([part.outputs for part in parts]) if len(parts) > 1 else first.outputs,
                      from_logits=first.from_logits, layer_weights=layer_weights)
 
 

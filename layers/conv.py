@@ -47,6 +47,10 @@ WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_PRODUCTS = 16384
 
 
+#: Below this many input channels, `col2im` lays the patch gradients out channel-first.
+COL2IM_CHANNEL_FIRST_BELOW = 8
+
+
 class Conv2D(Layer):
     """2-D cross-correlation (no kernel flip), channels last.
 
@@ -58,9 +62,16 @@ class Conv2D(Layer):
     config_keys = ("filters", "kernel_size", "strides", "padding", "activation", "use_bias",
                    "dilation_rate", "groups")
     defaults = {"strides": 1, "padding": "valid", "activation": "linear", "use_bias": True}
-    #: Output pixels per chunk: ~2k rows × (kh·kw·cin) floats keeps each part's columns in cache
-    #: while both cores work (bench/bench_forward.py: 2,048 beat 1,024 and 4,096).
+    #: Output pixels per chunk on the Winograd path (bench/bench_forward.py: 2,048 beat 1,024 and 4,096).
     chunk_rows = 2048
+    #: Bytes of im2col columns per chunk of whole images: one chunk's columns stay in a core's L2
+    #: cache while its matrix product reads them (the seed CNN's layers, forward and backward: 0.5–1
+    #: MB beat 2 MB by 15–30%).
+    column_bytes = 640 * 1024
+
+    def chunk_images(self, pixels: int, floats: int) -> int:
+        """Images per chunk for columns of `floats` floats per output pixel, `pixels` per image."""
+        return max(1, self.column_bytes // (4 * floats * max(pixels, 1)))
 
     def check_config(self, config):
         super().check_config(config)
@@ -207,7 +218,7 @@ class Conv2D(Layer):
         `pads` `((top, bottom), (left, right))` replaces this layer's own padding."""
         (kh, kw), (n, h, w, cin) = self.kernel_size, x.shape
         (t, b), (l, r) = pads or output_geometry(h, w, self.kernel_size, self.strides, self.padding)[:2]
-        step = max(1, min(n, self.chunk_rows // max(oh * ow, 1)))
+        step = min(n, self.chunk_images(oh * ow, kh * kw * cin))
         # Buffers reused for every chunk of `step` images: the padding frame is written once.
         padded = np.zeros((step, h + t + b, w + l + r, cin), np.float32)
         cols = np.empty((step, oh, ow, kh, kw, cin), np.float32)
@@ -283,24 +294,43 @@ class Conv2D(Layer):
 
     def col2im(self, dz: np.ndarray, shape: tuple) -> np.ndarray:
         """dL/dx for any stride: each patch's gradient `dz @ kernelᵀ` added back where the patch was
-        read from, a chunk of images at a time in reused buffers."""
+        read from, a chunk of images at a time in reused buffers. With few input channels (an RGB
+        picture) the products are laid out channel-first, so that every addition runs along image
+        rows instead of over a few channels at a time."""
         (kh, kw), (sh, sw), (n, h, w, cin) = self.kernel_size, self.strides, shape
         (t, b), (l, r), oh, ow = output_geometry(h, w, self.kernel_size, self.strides, self.padding)
         dx = np.empty(shape, np.float32)
-        step = max(1, min(n, self.chunk_rows // max(oh * ow, 1)))
-        kernel_t = np.ascontiguousarray(self.kernel_matrix.T)  # (filters, kh·kw·cin)
-        d_cols = np.empty((step * oh * ow, kh * kw * cin), np.float32)
-        d_padded = np.empty((step, h + t + b, w + l + r, cin), np.float32)
+        step = min(n, self.chunk_images(oh * ow, kh * kw * cin))
+        channel_first = cin < COL2IM_CHANNEL_FIRST_BELOW
+        if channel_first:
+            d_cols = np.empty((kh * kw * cin, step * oh * ow), np.float32)
+            d_padded = np.empty((cin, step, h + t + b, w + l + r), np.float32)
+        else:
+            kernel_t = np.ascontiguousarray(self.kernel_matrix.T)  # (filters, kh·kw·cin)
+            d_cols = np.empty((step * oh * ow, kh * kw * cin), np.float32)
+            d_padded = np.empty((step, h + t + b, w + l + r, cin), np.float32)
         for s in range(0, n, step):
             m = min(step, n - s)
-            cols = np.matmul(dz[s:s + m].reshape(-1, dz.shape[-1]), kernel_t, out=d_cols[:m * oh * ow])
-            cols = cols.reshape(m, oh, ow, kh, kw, cin)
-            padded = d_padded[:m]
+            rows = dz[s:s + m].reshape(-1, dz.shape[-1])
+            if channel_first:  # (kh·kw·cin, pixels) = kernel @ dzᵀ
+                cols = np.matmul(self.kernel_matrix, rows.T, out=d_cols[:, :m * oh * ow]).reshape(kh, kw, cin, m, oh, ow)
+                padded = d_padded[:, :m]
+            else:
+                cols = np.matmul(rows, kernel_t, out=d_cols[:m * oh * ow]).reshape(m, oh, ow, kh, kw, cin)
+                cols = cols.transpose(3, 4, 0, 1, 2, 5)  # (kh, kw, m, oh, ow, cin), a view
+                padded = d_padded[:m]
             padded.fill(0.0)
             for i in range(kh):
                 for j in range(kw):
-                    padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += cols[:, :, :, i, j]
-            dx[s:s + m] = padded[:, t:t + h, l:l + w]
+                    at = (slice(i, i + sh * (oh - 1) + 1, sh), slice(j, j + sw * (ow - 1) + 1, sw))
+                    if channel_first:
+                        padded[(slice(None), slice(None)) + at] += cols[i, j]
+                    else:
+                        padded[(slice(None),) + at] += cols[i, j]
+            if channel_first:
+                dx[s:s + m] = padded[:, :, t:t + h, l:l + w].transpose(1, 2, 3, 0)
+            else:
+                dx[s:s + m] = padded[:, t:t + h, l:l + w]
         return dx
 
     def activate_in_place(self, z: np.ndarray) -> None:

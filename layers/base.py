@@ -1,7 +1,7 @@
 """The base class every scratch layer shares: a name, Keras-named weights, a vectorised forward."""
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import numpy as np
 
@@ -152,6 +152,14 @@ class Layer:
                          if cls.backward is not Layer.backward and n not in ("InputLayer", "Identity")]
         raise UnsupportedLayerError(self.name, type(self).__name__, with_backward,
                                     "has no backward pass yet (gradients); the layers listed have one")
+
+    def backward_deferring_input(self, dy: Any, x: Any, mask: np.ndarray | None = None, y: Any = None,
+                                 cache: Any = None, **options) -> tuple[dict[str, np.ndarray], Callable[[], Any]]:
+        """`backward` as `(weight_grads, input_gradient)`, where `input_gradient()` gives dL/dx: a
+        layer whose input gradient costs as much as its weight gradients (Conv2D) leaves it until
+        asked, for the first layer of a model, whose input gradient only the caller may read."""
+        dx, grads = self.backward(dy, x, mask, y, cache, **options)
+        return grads, lambda: dx
 
     def output_of(self, x: Any, mask: np.ndarray | None, y: Any) -> Any:
         """`y` if given, else the forward output for `x`."""

@@ -246,11 +246,28 @@ class Conv2D(Layer):
             y = self.forward(x) if z is None else self.act(z)
         return self.backward_pre_activation(self.activation_backward(as_float32(dy), z, y), x)
 
-    def backward_pre_activation(self, dz: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def backward_deferring_input(self, dy, x, mask=None, y=None, cache=None):
+        """`backward` with dL/dx left until `input_gradient()` is called (see `Layer`)."""
+        if self.general:
+            return super().backward_deferring_input(dy, x, mask, y, cache)
+        x = as_float32(x)
+        z = cache
+        if z is None and activations.needs_input(self.config.get("activation")):
+            z = self.convolve(x, activate=False)
+        if y is None:
+            y = self.forward(x) if z is None else self.act(z)
+        dz = self.activation_backward(as_float32(dy), z, y)
+        _, grads = self.backward_pre_activation(dz, x, input_gradient=False)
+        return grads, lambda: np.concatenate(over_batch(lambda lo, hi: self.input_gradient(
+            dz[lo:hi], (hi - lo,) + x.shape[1:]), x.shape[0]))
+
+    def backward_pre_activation(self, dz: np.ndarray, x: np.ndarray,
+                                input_gradient: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         """From dL/d(pre-activation) `dz` `(batch, out_h, out_w, filters)`: the kernel gradient as
         a correlation of the input patches (the forward's im2col columns) with `dz`, the bias
-        gradient as `dz` summed, and dL/dx `(batch, h, w, in_ch)` as the transposed convolution.
-        Dilated or grouped: the general cross-correlation's gradients (`Window.correlate_backward`)."""
+        gradient as `dz` summed, and dL/dx `(batch, h, w, in_ch)` as the transposed convolution
+        (None when not `input_gradient`). Dilated or grouped: the general cross-correlation's
+        gradients (`Window.correlate_backward`)."""
         x, dz = as_float32(x), as_float32(dz)
         kernel = self.weights["kernel"]
         if self.general:
@@ -261,16 +278,14 @@ class Conv2D(Layer):
             return dx, grads
         (kh, kw), cin, filters = self.kernel_size, kernel.shape[2], kernel.shape[3]
         _, _, oh, ow = output_geometry(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
-        dx = np.empty(x.shape, np.float32)
+        dx = np.empty(x.shape, np.float32) if input_gradient else None
 
         def part(lo: int, hi: int) -> np.ndarray:  # images lo … hi − 1: their share of dW, and their dx
             d_kernel = np.zeros((kh * kw * cin, filters), np.float32)
             for s, m, cols in self.column_chunks(x[lo:hi], oh, ow):
                 d_kernel += cols.reshape(-1, kh * kw * cin).T @ dz[lo + s:lo + s + m].reshape(-1, filters)
-            shape = (hi - lo,) + x.shape[1:]
-            # fewer input than output channels: dz @ kernelᵀ has the wider matrix product
-            flipped = self.strides == (1, 1) and cin >= filters
-            dx[lo:hi] = self.flipped_correlation(dz[lo:hi], shape) if flipped else self.col2im(dz[lo:hi], shape)
+            if dx is not None:
+                dx[lo:hi] = self.input_gradient(dz[lo:hi], (hi - lo,) + x.shape[1:])
             return d_kernel
 
         d_kernel = sum(over_batch(part, x.shape[0]))
@@ -278,6 +293,15 @@ class Conv2D(Layer):
         if "bias" in self.weights:
             grads["bias"] = dz.sum(axis=(0, 1, 2), dtype=np.float32)
         return dx, grads
+
+    def input_gradient(self, dz: np.ndarray, shape: tuple) -> np.ndarray:
+        """dL/dx `shape` `(batch, h, w, in_ch)` from dL/d(pre-activation) `dz`: the flipped-kernel
+        correlation at stride 1, else (and with fewer input than output channels, where
+        `dz @ kernelᵀ` is the wider matrix product) col2im."""
+        cin, filters = self.weights["kernel"].shape[2:]
+        if self.strides == (1, 1) and cin >= filters:
+            return self.flipped_correlation(dz, shape)
+        return self.col2im(dz, shape)
 
     def flipped_correlation(self, dz: np.ndarray, shape: tuple) -> np.ndarray:
         """dL/dx for stride 1: `dz`, padded by `k − 1 − pad` before and the rest after, correlated

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -51,20 +51,54 @@ class Gradients:
 
     def __init__(self, loss: float, weights: dict[str, np.ndarray], inputs: Any, outputs: Mapping[str, Any],
                  from_logits: bool = False, layer_weights: dict[str, dict[str, np.ndarray]] | None = None,
-                 input_parts: list[Any] | None = None) -> None:
+                 parts: list[Gradients] | None = None) -> None:
         self.loss, self.weights, self.outputs = loss, weights, outputs
         self.from_logits = from_logits
         self.layer_weights = {} if layer_weights is None else layer_weights
-        self._inputs, self._input_parts = inputs, input_parts
+        self._inputs, self._parts = inputs, parts
 
     @property
     def inputs(self) -> Any:
-        if self._input_parts is not None:
-            self._inputs, self._input_parts = joined(self._input_parts), None
+        if self._parts is not None:
+            self._inputs, self._parts = joined([part.inputs for part in self._parts]), None
+        if isinstance(self._inputs, Deferred):
+            self._inputs = self._inputs.get()
         return self._inputs
 
     def __repr__(self) -> str:
         return f"Gradients(loss={self.loss:.6g}, {len(self.weights)} variables, {len(self.outputs)} layers)"
+
+
+class Deferred:
+    """A value worked out when it is first read (then kept)."""
+
+    def __init__(self, compute: Callable[[], Any]) -> None:
+        self.compute: Callable[[], Any] | None = compute
+        self.value: Any = None
+
+    def get(self) -> Any:
+        if self.compute is not None:
+            self.value, self.compute = self.compute(), None
+        return self.value
+
+
+class LayerGradients(Mapping):
+    """Layer name → dL/d(layer output); a `Deferred` entry is worked out when first read."""
+
+    def __init__(self, items: dict[str, Any]) -> None:
+        self.items_ = items
+
+    def __getitem__(self, name: str) -> Any:
+        value = self.items_[name]
+        if isinstance(value, Deferred):
+            value = self.items_[name] = value.get()
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.items_)
+
+    def __len__(self) -> int:
+        return len(self.items_)
 
 
 class JoinedParts(Mapping):
@@ -341,7 +375,7 @@ def gradients(model: Any, x: Any, y: Any, calls: dict | None = None, paths: bool
                 summed[name] = grad if name not in summed else summed[name] + grad
     loss_value = float(np.sum([np.float32(part.loss) for part in parts], dtype=np.float32))
     return Gradients(loss=loss_value, weights=keras_gradients(model, layer_weights) if paths else {},
-                     inputs=first.inputs, input_parts=[part.inputs for part in parts] if len(parts) > 1 else None,
+                     inputs=first._inputs, parts=parts if len(parts) > 1 else first._parts,
                      outputs=JoinedParts([part.outputs for part in parts]) if len(parts) > 1 else first.outputs,
                      from_logits=first.from_logits, layer_weights=layer_weights)
 
@@ -394,26 +428,82 @@ def backward(model: Any, x: Any, y: Any, calls: dict | None = None, total: int |
     flow.add(fwd.output_ref, probability_gradient(out, labels, weights, total) if probabilities else d_logits)
     outputs: dict[str, Any] = {name: None for name in fwd.given}
     layer_weights: dict[str, dict[str, np.ndarray]] = {}
+    first = input_end(fwd) if calls is None else None
+    d_inputs: Any = None
     for rec in reversed(fwd.records):
         dy = flow.gradient(rec.node.name, rec.y)
         outputs[rec.node.name] = dy
         if dy is None:
             continue
-        if fused and rec is head:
+        if rec is first and not (fused and rec is head):
+            grads, input_gradient = rec.layer.backward_deferring_input(dy, rec.x, rec.mask, rec.y, rec.cache,
+                                                                      **rec.options)
+            d_inputs = defer_input_end(fwd, first, input_gradient, outputs)
+        elif fused and rec is head:
             dx, grads = rec.layer.backward_pre_activation(d_logits, rec.x)
         else:
             dx, grads = rec.layer.backward(dy, rec.x, rec.mask, rec.y, rec.cache, **rec.options)
-        if calls is not None:
-            calls[rec.node.name] = Call(rec, dy, dx, grads, d_logits if fused and rec is head else None)
-        flow.send(rec.node, rec.layer, dx)
         summed = layer_weights.setdefault(rec.layer.name, {})
         for name, grad in grads.items():
             summed[name] = grad if name not in summed else summed[name] + grad
-    d_inputs = [flow.gradient(name, value) for name, value in fwd.inputs.items()]
+        if d_inputs is not None:
+            break
+        if calls is not None:
+            calls[rec.node.name] = Call(rec, dy, dx, grads, d_logits if fused and rec is head else None)
+        flow.send(rec.node, rec.layer, dx)
+    if d_inputs is None:
+        d_inputs = [flow.gradient(name, value) for name, value in fwd.inputs.items()]
+        d_inputs = d_inputs[0] if len(d_inputs) == 1 else d_inputs
     order = [n.name for n in fwd.graph.nodes if n.name in outputs]
-    return Gradients(loss=loss_value, weights={}, inputs=d_inputs[0] if len(d_inputs) == 1 else d_inputs,
-                     outputs={name: outputs[name] for name in order},
+    return Gradients(loss=loss_value, weights={}, inputs=d_inputs,
+                     outputs=LayerGradients({name: outputs[name] for name in order}),
                      from_logits=not probabilities, layer_weights=layer_weights)
+
+
+def input_end(fwd: Forward) -> Record | None:
+    """The first call with weights when the model begins with a plain chain up to it: one float
+    input read by the first call alone, each call's output read by the next call alone, and no
+    weights before it (a Rescaling, say). Its input gradient reaches only the model input and the
+    outputs of the calls before it, so `backward` leaves it (and theirs) until they are read."""
+    if len(fwd.inputs) != 1 or fwd.given:
+        return None
+    (name, value), = fwd.inputs.items()
+    if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+        return None
+    readers: dict[str, int] = {}
+    for rec in fwd.records:
+        for ref in rec.node.refs:
+            readers[ref.node] = readers.get(ref.node, 0) + 1
+    previous = name
+    for rec in fwd.records:
+        refs = rec.node.refs
+        if len(refs) != 1 or refs[0].node != previous or refs[0].index not in (0, -1) or readers.get(previous) != 1:
+            return None
+        if rec.layer.weights:
+            return rec
+        previous = rec.node.name
+    return None
+
+
+def defer_input_end(fwd: Forward, first: Record, input_gradient: Callable[[], np.ndarray],
+                    outputs: dict[str, Any]) -> Deferred:
+    """The model input's gradient, and in `outputs` those of the calls before `first` (`input_end`),
+    as `Deferred` values: the first read runs the backward of `first`'s input and of the calls
+    before it."""
+    before = fwd.records[:fwd.records.index(first)]
+
+    def run_back() -> tuple[dict[str, np.ndarray], np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        dx = input_gradient()
+        for rec in reversed(before):
+            found[rec.node.name] = dx
+            dx, _ = rec.layer.backward(dx, rec.x, rec.mask, rec.y, rec.cache, **rec.options)
+        return found, dx
+
+    tail = Deferred(run_back)
+    for rec in before:
+        outputs[rec.node.name] = Deferred(lambda name=rec.node.name: tail.get()[0][name])
+    return Deferred(lambda: tail.get()[1])
 
 
 class Flow:

@@ -118,6 +118,8 @@ class Pooling2D(Layer):
         (n, h, w, c), (ph, pw), (sh, sw) = x.shape, self.pool_size, self.strides
         (t, b), (l, r), oh, ow = output_geometry(h, w, self.pool_size, self.strides,
                                                  self.config.get("padding", "valid"))
+        if self.reduce == "max" and (ph, pw) == (sh, sw) and (oh * ph, ow * pw) == (h, w):
+            return self.tiled_max_backward(x, dy, as_float32(self.output_of(x, mask, y))), {}
         d_padded = np.zeros((n, h + t + b, w + l + r, c), np.float32)
         overlapping = sh < ph or sw < pw
         if self.reduce == "max":
@@ -143,6 +145,22 @@ class Pooling2D(Layer):
                 for j in range(pw):
                     d_padded[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw] += share
         return d_padded[:, t:t + h, l:l + w], {}  # the padding's share falls away
+
+    def tiled_max_backward(self, x: np.ndarray, dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Max pooling's dL/dx when the windows tile the input exactly (no overlap, no padding, no
+        cells left over): every cell is compared with its window's maximum at once, later ties are
+        cleared in row-major window order, and dy is written through the winners in one pass."""
+        (n, h, w, c), (ph, pw) = x.shape, self.pool_size
+        oh, ow = h // ph, w // pw
+        wins = np.ascontiguousarray(x).reshape(n, oh, ph, ow, pw, c) == y[:, :, None, :, None, :]
+        taken = wins[:, :, 0, :, 0].copy()  # windows whose winner is already found
+        offsets = [(i, j) for i in range(ph) for j in range(pw)][1:]
+        for k, (i, j) in enumerate(offsets):
+            later = wins[:, :, i, :, j]
+            np.greater(later, taken, out=later)  # holds the max, and no earlier cell did
+            if k < len(offsets) - 1:
+                taken |= later
+        return np.multiply(wins, dy[:, :, None, :, None, :], dtype=np.float32).reshape(n, h, w, c)
 
 
 class MaxPooling2D(Pooling2D):

@@ -214,6 +214,21 @@ def test_pooling_backward_with_ties_matches_tensorflow(case, cls, seed):
     assert grads == {}
 
 
+@pytest.mark.parametrize("size", [(2, 2), (3, 3), (1, 2), (2, 1), (1, 1)])
+def test_max_pooling_windows_tiling_the_input_route_ties_like_tensorflow(size):
+    """Windows that tile the input exactly (the layout of every CNN here) take a one-pass route."""
+    layer = L.MaxPooling2D(size)
+    rng = np.random.default_rng(sum(size))
+    x = tf.constant(rng.integers(0, 2, (3, 6 * size[0], 4 * size[1], 5)).astype(np.float32))  # ties in most windows
+    dy = rng.normal(size=tuple(layer.compute_output_shape(x.shape))).astype(np.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(layer(x) * dy)
+    scratch = load_scratch(keras.Sequential([keras.Input(x.shape[1:]), layer])).layers[0]
+    dx, _ = scratch.backward(dy, np.asarray(x))
+    np.testing.assert_array_equal(dx, np.asarray(tape.gradient(loss, x)))
+
+
 @pytest.mark.parametrize("cls", ["GlobalMaxPooling2D", "GlobalAveragePooling2D"])
 @pytest.mark.parametrize("keepdims", [False, True])
 def test_global_pooling_backward_splits_ties_like_reduce_max(cls, keepdims):

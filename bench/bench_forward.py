@@ -72,6 +72,8 @@ def compare(name: str, keras_model, x, batch_size: int, repeats: int) -> dict:
     diff = float(np.abs(run_keras() - run_scratch()).max())
     n = len(x)
     return {"name": name, "n": n, "keras": n / min(k for k, _ in pairs), "scratch": n / min(s for _, s in pairs),
+            "keras_median": n / statistics.median(k for k, _ in pairs),
+            "scratch_median": n / statistics.median(s for _, s in pairs),
             "ratio": statistics.median(k / s for k, s in pairs), "max_diff": diff}
 
 
@@ -124,13 +126,14 @@ def main() -> None:
     rows = [compare(name, build(), x, args.batch_size, args.repeats)
             for key, (name, build, x) in cases.items() if not args.only or key in args.only]
     table = Table(title=f"forward throughput, batch size {args.batch_size}, {args.repeats} alternating runs")
-    for col in ("model", "Keras /s (best)", "scratch /s (best)", "best ÷ best", "scratch ÷ Keras (median of pairs)",
-                "max |Δp|"):
+    for col in ("model", "Keras /s (best)", "scratch /s (best)", "Keras /s (median)", "scratch /s (median)",
+                "best ÷ best", "scratch ÷ Keras (median of pairs)", "max |Δp|"):
         table.add_column(col, justify="right" if col != "model" else "left")
     for r in rows:
-        table.add_row(r["name"], f"{r['keras']:.0f}", f"{r['scratch']:.0f}", f"{r['scratch'] / r['keras']:.2f}×",
+        table.add_row(r["name"], f"{r['keras']:.0f}", f"{r['scratch']:.0f}", f"{r['keras_median']:.0f}",
+                      f"{r['scratch_median']:.0f}", f"{r['scratch'] / r['keras']:.2f}×",
                       f"{r['ratio']:.2f}×", f"{r['max_diff']:.1e}")
-    Console(width=140).print(table)
+    Console(width=170).print(table)
     print(blas_line())
     if args.profile:
         profile = Table(title=f"scratch CNN forward, time per layer (1,000 images, batch {args.batch_size})")

@@ -47,8 +47,9 @@ WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_MIN_PRODUCTS = 16384
 
 
-#: Below this many input channels, `col2im` lays the patch gradients out channel-first.
-COL2IM_CHANNEL_FIRST_BELOW = 8
+#: Below this many input channels, im2col columns and col2im patch gradients are laid out
+#: channel-first (`column_matrices`, `col2im`).
+FEW_CHANNELS = 8
 
 
 class Conv2D(Layer):
@@ -166,9 +167,9 @@ class Conv2D(Layer):
             return self.convolve_winograd(x, out, activate)
 
         def part(lo: int, hi: int) -> None:  # images lo … hi − 1, in chunks of reused buffers
-            for s, m, cols in self.column_chunks(x[lo:hi], oh, ow):
+            for s, m, cols in self.column_matrices(x[lo:hi], oh, ow):
                 z = out[lo + s:lo + s + m].reshape(-1, filters)
-                np.matmul(cols.reshape(-1, kh * kw * cin), self.kernel_matrix, out=z)
+                np.matmul(cols, self.kernel_matrix, out=z)
                 self.finish_in_place(z, activate)
 
         over_batch(part, n)
@@ -228,6 +229,30 @@ class Conv2D(Layer):
             self.im2col(padded[:m], oh, ow, cols)
             yield s, m, cols[:m]
 
+    def column_matrices(self, x: np.ndarray, oh: int, ow: int, pads: tuple | None = None):
+        """`column_chunks` as matrices: yield `(start, count, cols)`, `cols` `(count·oh·ow,
+        kh·kw·cin)` with columns in the kernel matrix's row order. With few channels (an RGB
+        picture) the columns are built channel-first, `(kh·kw·cin, pixels)`, each copy running
+        along an image row instead of over a few channels, and `cols` is its transposed view."""
+        (kh, kw), (n, h, w, cin) = self.kernel_size, x.shape
+        if cin >= FEW_CHANNELS:
+            for s, m, cols in self.column_chunks(x, oh, ow, pads):
+                yield s, m, cols.reshape(m * oh * ow, kh * kw * cin)
+            return
+        (sh, sw) = self.strides
+        (t, b), (l, r) = pads or output_geometry(h, w, self.kernel_size, self.strides, self.padding)[:2]
+        step = min(n, self.chunk_images(oh * ow, kh * kw * cin))
+        padded = np.zeros((cin, step, h + t + b, w + l + r), np.float32)  # the frame is written once
+        cols = np.empty((kh, kw, cin, step, oh, ow), np.float32)
+        flat = cols.reshape(kh * kw * cin, step * oh * ow)
+        for s in range(0, n, step):
+            m = min(step, n - s)
+            padded[:, :m, t:t + h, l:l + w] = x[s:s + m].transpose(3, 0, 1, 2)
+            for i in range(kh):
+                for j in range(kw):
+                    cols[i, j, :, :m] = padded[:, :m, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+            yield s, m, flat[:, :m * oh * ow].T
+
     # -- backward -------------------------------------------------------------------------------
     def forward_with_cache(self, x, mask=None):
         """The output, and the pre-activation when the activation's gradient needs it."""
@@ -282,8 +307,8 @@ class Conv2D(Layer):
 
         def part(lo: int, hi: int) -> np.ndarray:  # images lo … hi − 1: their share of dW, and their dx
             d_kernel = np.zeros((kh * kw * cin, filters), np.float32)
-            for s, m, cols in self.column_chunks(x[lo:hi], oh, ow):
-                d_kernel += cols.reshape(-1, kh * kw * cin).T @ dz[lo + s:lo + s + m].reshape(-1, filters)
+            for s, m, cols in self.column_matrices(x[lo:hi], oh, ow):
+                d_kernel += cols.T @ dz[lo + s:lo + s + m].reshape(-1, filters)
             if dx is not None:
                 dx[lo:hi] = self.input_gradient(dz[lo:hi], (hi - lo,) + x.shape[1:])
             return d_kernel
@@ -312,8 +337,8 @@ class Conv2D(Layer):
         flipped = self.weights["kernel"][::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, cin)  # rows (kh, kw, filters)
         dx = np.empty(shape, np.float32)
         pads = ((kh - 1 - t, h - oh + t), (kw - 1 - l, w - ow + l))
-        for s, m, cols in self.column_chunks(dz, h, w, pads):
-            np.matmul(cols.reshape(m * h * w, -1), flipped, out=dx[s:s + m].reshape(-1, cin))
+        for s, m, cols in self.column_matrices(dz, h, w, pads):
+            np.matmul(cols, flipped, out=dx[s:s + m].reshape(-1, cin))
         return dx
 
     def col2im(self, dz: np.ndarray, shape: tuple) -> np.ndarray:
@@ -325,7 +350,7 @@ class Conv2D(Layer):
         (t, b), (l, r), oh, ow = output_geometry(h, w, self.kernel_size, self.strides, self.padding)
         dx = np.empty(shape, np.float32)
         step = min(n, self.chunk_images(oh * ow, kh * kw * cin))
-        channel_first = cin < COL2IM_CHANNEL_FIRST_BELOW
+        channel_first = cin < FEW_CHANNELS
         if channel_first:
             d_cols = np.empty((kh * kw * cin, step * oh * ow), np.float32)
             d_padded = np.empty((cin, step, h + t + b, w + l + r), np.float32)

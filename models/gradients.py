@@ -44,9 +44,10 @@ class Gradients:
         layer_weights: layer name → scratch weight name → gradient, for every weight a gradient
             reached (a frozen layer's too), summed over a shared layer's calls.
 
-    A batch split between the cores keeps each part's input and output gradients, and joins a
-    layer's parts along the batch when it is first read (`inputs`, `outputs[name]`): the weight
-    gradients, what a training step needs, never wait for those copies.
+    What only a reader needs is worked out when first read (`inputs`, `outputs[name]`), so the
+    weight gradients, what a training step needs, never wait for it: a batch split between the
+    cores joins a layer's parts along the batch then, and a model that begins with a plain chain
+    to a Conv2D computes that layer's input gradient then (`input_end`).
     """
 
     def __init__(self, loss: float, weights: dict[str, np.ndarray], inputs: Any, outputs: Mapping[str, Any],

@@ -109,3 +109,19 @@ def test_step_rows_and_length_order():
     assert recurrent.contiguous_runs(mask) is None
     start, stop = recurrent.contiguous_runs(mask[:3])
     assert start.tolist() == [0, 0, 0] and stop.tolist() == [2, 4, 0]
+
+
+@pytest.mark.parametrize("padding", ["post", "pre"])
+def test_masking_layer_and_a_pair_of_outputs_match_keras(padding):
+    """Float inputs masked by a Masking layer, and merge_mode=None (both directions' sequences)."""
+    inputs = keras.Input((STEPS, 3))
+    x = L.Masking(0.0)(inputs)
+    forward, backward = L.Bidirectional(L.LSTM(4, return_sequences=True), merge_mode=None)(x)
+    x = L.Bidirectional(L.GRU(3))(L.Concatenate()([forward, backward]))
+    model = keras.Model(inputs, L.Dense(3, activation="softmax")(x))
+    randomise_weights(model, 8)
+    rng = np.random.default_rng(8)
+    ids = padded(rng, padding)
+    values = rng.normal(size=ids.shape + (3,)).astype(np.float32) * (ids != 0)[..., None]
+    assert_parity(model, values)
+    assert_gradient_parity(model, values, rng.integers(0, 3, len(values)))

@@ -382,20 +382,20 @@ def gradients(model: Any, x: Any, y: Any, calls: dict | None = None, paths: bool
 
 
 def split_backward(model: Any, x: Any, y: Any) -> list[Gradients] | None:
-    """`backward` over the cores' shares of a batch of one input array, or None where the batch
-    is not split (a small batch, one core, several inputs, a layer that already keeps the cores
-    busy, an output with a mask — whose weights count the valid entries of the whole batch — or
-    an error, which the whole batch then reports)."""
+    """`backward` over the cores' shares of a batch of one input array (one part, the whole batch,
+    where it is not split: a small batch, one core), or None where the batch cannot be split
+    (several inputs, a layer that already keeps the cores busy, an output with a mask — whose
+    weights count the valid entries of the whole batch — or an error, which the whole batch then
+    reports)."""
     labels = np.asarray(y)
     if (any(getattr(layer, "parallel_inside", False) for layer in model.layers) or not isinstance(x, np.ndarray)
             or x.ndim == 0 or labels.ndim == 0 or len(labels) != len(x)):
         return None
-    n = len(x)
-    try:
-        parts = over_batch(lambda lo, hi: backward(model, x[lo:hi], labels[lo:hi], total=n), n)
+    try:  # each part's loss is a share of the mean over every label entry of the batch
+        parts = over_batch(lambda lo, hi: backward(model, x[lo:hi], labels[lo:hi], total=labels.size), len(x))
     except NNTraceError:
         return None
-    return parts if len(parts) > 1 and all(part is not None for part in parts) else None
+    return parts if all(part is not None for part in parts) else None
 
 
 def joined(parts: list[Any]) -> Any:
@@ -410,7 +410,8 @@ def joined(parts: list[Any]) -> Any:
 
 def backward(model: Any, x: Any, y: Any, calls: dict | None = None, total: int | None = None) -> Gradients | None:
     """The forward and backward pass of `gradients` over one batch, weights by layer only; with
-    `total`, the batch is one part of a batch of `total` samples (None where the output has a mask)."""
+    `total`, the batch is one part of a batch of `total` label entries (None where the output has a
+    mask)."""
     fwd = forward_pass(model, x)
     out, head = fwd.output, fwd.head()
     labels = check_labels(y, out, head.layer if head else model.layers[-1])

@@ -225,3 +225,25 @@ print("ok", g.loss, before, after)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok")
+
+
+@pytest.mark.parametrize("batch", [5, 40])  # 40 is split between the cores
+def test_a_label_per_step_matches_tensorflow_on_split_batches(batch):
+    """The loss is the mean over every (sample, step) label, also when each core takes a share."""
+    inputs = keras.Input((7, 4))
+    x = L.Conv1D(5, 3, padding="same", activation="relu")(inputs)
+    model = keras.Model(inputs, L.Dense(3, activation="softmax")(x))
+    randomise_weights(model, 1)
+    rng = np.random.default_rng(batch)
+    assert_gradient_parity(model, rng.normal(size=(batch, 7, 4)).astype(np.float32), rng.integers(0, 3, (batch, 7)))
+
+
+def test_a_batch_too_small_to_split_runs_its_backward_once(monkeypatch):
+    from nntrace.models import gradients as module
+
+    runs = []
+    original = module.backward
+    monkeypatch.setattr(module, "backward", lambda *a, **k: runs.append(1) or original(*a, **k))
+    scratch = load_scratch(small_model())
+    g = scratch.gradients(images(3), np.array([0, 1, 2]))
+    assert len(runs) == 1 and np.isfinite(g.loss)

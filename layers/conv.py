@@ -264,24 +264,23 @@ class Conv2D(Layer):
     def backward(self, dy, x, mask=None, y=None, cache=None):
         """dL/dx `(batch, h, w, in_ch)` and {kernel, bias} for dy `(batch, out_h, out_w, filters)`."""
         x = as_float32(x)
+        return self.backward_pre_activation(self.pre_activation_gradient(dy, x, y, cache), x)
+
+    def pre_activation_gradient(self, dy, x: np.ndarray, y=None, cache=None) -> np.ndarray:
+        """dL/d(pre-activation) from dL/d(output) `dy`; `cache` is the pre-activation, when kept."""
         z = cache
         if z is None and activations.needs_input(self.config.get("activation")):
             z = self.convolve(x, activate=False)
         if y is None:
             y = self.forward(x) if z is None else self.act(z)
-        return self.backward_pre_activation(self.activation_backward(as_float32(dy), z, y), x)
+        return self.activation_backward(as_float32(dy), z, y)
 
     def backward_deferring_input(self, dy, x, mask=None, y=None, cache=None):
         """`backward` with dL/dx left until `input_gradient()` is called (see `Layer`)."""
         if self.general:
             return super().backward_deferring_input(dy, x, mask, y, cache)
         x = as_float32(x)
-        z = cache
-        if z is None and activations.needs_input(self.config.get("activation")):
-            z = self.convolve(x, activate=False)
-        if y is None:
-            y = self.forward(x) if z is None else self.act(z)
-        dz = self.activation_backward(as_float32(dy), z, y)
+        dz = self.pre_activation_gradient(dy, x, y, cache)
         _, grads = self.backward_pre_activation(dz, x, input_gradient=False)
         return grads, lambda: np.concatenate(over_batch(lambda lo, hi: self.input_gradient(
             dz[lo:hi], (hi - lo,) + x.shape[1:]), x.shape[0]))

@@ -138,6 +138,16 @@ class Embedding(Layer):
         np.add.at(d_embeddings, np.asarray(x).astype(np.int64).reshape(-1), dy.reshape(-1, dy.shape[-1]))
         return None, {"embeddings": d_embeddings}
 
+    def squared_slices(self, dy, x) -> dict[str, np.ndarray]:
+        """Per embeddings row, Σ over the positions that read it of dy's row squared (elementwise):
+        TensorFlow hands an Embedding's gradient over as one slice per position read
+        (`tf.IndexedSlices`), and Keras's Adam adds the slices' squares, not the square of their sum,
+        to its second moment."""
+        dy = np.asarray(dy, np.float32)
+        squares = np.zeros(self.weights["embeddings"].shape, np.float32)
+        np.add.at(squares, np.asarray(x).astype(np.int64).reshape(-1), np.square(dy.reshape(-1, dy.shape[-1])))
+        return {"embeddings": squares}
+
     def steps(self, x, mask=None, context=None, positions=None):
         """One `EmbeddingLookup` per position of sample `x` `(1, seq_len)`.
 

@@ -52,11 +52,21 @@ class Gradients:
 
     def __init__(self, loss: float, weights: dict[str, np.ndarray], inputs: Any, outputs: Mapping[str, Any],
                  from_logits: bool = False, layer_weights: dict[str, dict[str, np.ndarray]] | None = None,
-                 parts: list[Gradients] | None = None) -> None:
+                 parts: list[Gradients] | None = None, sliced: dict[str, list[Deferred]] | None = None) -> None:
         self.loss, self.weights, self.outputs = loss, weights, outputs
         self.from_logits = from_logits
         self.layer_weights = {} if layer_weights is None else layer_weights
         self._inputs, self._parts = inputs, parts
+        self.sliced = {} if sliced is None else sliced  # layer name → its calls' `squared_slices`, deferred
+
+    def squared_slices(self, layer: str, weight: str) -> np.ndarray | None:
+        """For a weight whose TensorFlow gradient comes as slices (an Embedding's), each row's Σ of
+        its slices squared (`Embedding.squared_slices`), summed over the layer's calls; else None."""
+        calls = self.sliced.get(layer)
+        if not calls:
+            return None
+        found = [call.get().get(weight) for call in calls]
+        return None if any(f is None for f in found) else np.sum(found, axis=0, dtype=np.float32)
 
     @property
     def inputs(self) -> Any:
@@ -375,10 +385,14 @@ def gradients(model: Any, x: Any, y: Any, calls: dict | None = None, paths: bool
             for name, grad in grads.items():
                 summed[name] = grad if name not in summed else summed[name] + grad
     loss_value = float(np.sum([np.float32(part.loss) for part in parts], dtype=np.float32))
+    sliced: dict[str, list[Deferred]] = {}
+    for part in parts:
+        for layer, calls in part.sliced.items():
+            sliced.setdefault(layer, []).extend(calls)
     return Gradients(loss=loss_value, weights=keras_gradients(model, layer_weights) if paths else {},
                      inputs=first._inputs, parts=parts if len(parts) > 1 else first._parts,
                      outputs=JoinedParts([part.outputs for part in parts]) if len(parts) > 1 else first.outputs,
-                     from_logits=first.from_logits, layer_weights=layer_weights)
+                     from_logits=first.from_logits, layer_weights=layer_weights, sliced=sliced)
 
 
 def split_backward(model: Any, x: Any, y: Any) -> list[Gradients] | None:
@@ -432,6 +446,7 @@ def backward(model: Any, x: Any, y: Any, calls: dict | None = None, total: int |
     layer_weights: dict[str, dict[str, np.ndarray]] = {}
     first = input_end(fwd) if calls is None else None
     d_inputs: Any = None
+    sliced: dict[str, list[Deferred]] = {}
     for rec in reversed(fwd.records):
         dy = flow.gradient(rec.node.name, rec.y)
         outputs[rec.node.name] = dy
@@ -448,6 +463,9 @@ def backward(model: Any, x: Any, y: Any, calls: dict | None = None, total: int |
         summed = layer_weights.setdefault(rec.layer.name, {})
         for name, grad in grads.items():
             summed[name] = grad if name not in summed else summed[name] + grad
+        if grads and hasattr(rec.layer, "squared_slices"):
+            sliced.setdefault(rec.layer.name, []).append(
+                Deferred(lambda layer=rec.layer, dy=dy, x=rec.x: layer.squared_slices(dy, x)))
         if d_inputs is not None:
             break
         if calls is not None:
@@ -459,7 +477,7 @@ def backward(model: Any, x: Any, y: Any, calls: dict | None = None, total: int |
     order = [n.name for n in fwd.graph.nodes if n.name in outputs]
     return Gradients(loss=loss_value, weights={}, inputs=d_inputs,
                      outputs=LayerGradients({name: outputs[name] for name in order}),
-                     from_logits=not probabilities, layer_weights=layer_weights)
+                     from_logits=not probabilities, layer_weights=layer_weights, sliced=sliced)
 
 
 def input_end(fwd: Forward) -> Record | None:
@@ -570,7 +588,9 @@ def apply_gradients(model: Any, g: Gradients | dict[str, np.ndarray], optimizer:
         optimizer: "sgd" (`momentum`, `nesterov`) or "adam" (`beta_1`, `beta_2`, `epsilon`); Keras's
             defaults for whatever is not given (learning rate 0.01 for SGD, 0.001 for Adam).
     The optimizer's state (momenta, Adam's moments and step count) stays on the model, so the next
-    call with the same optimizer continues it; another optimizer starts afresh.
+    call with the same optimizer continues it; another optimizer starts afresh. Adam's second moment
+    of an Embedding adds the squares of its gradient's slices, as Keras does with TensorFlow's sparse
+    gradient (a `Gradients` carries them; a plain dict gives the dense gradient only).
     """
     settings = optimizers.settings(optimizer, learning_rate=learning_rate, **hyper)
     state = model.optimizer_state
@@ -588,8 +608,9 @@ def apply_gradients(model: Any, g: Gradients | dict[str, np.ndarray], optimizer:
         current = layer.weights[v.weight]
         if np.shape(grad) != current.shape:
             raise NNTraceError(f"gradient for '{path}' has shape {np.shape(grad)}, the variable {current.shape}")
+        squares = g.squared_slices(v.layer, v.weight) if isinstance(g, Gradients) and optimizer == "adam" else None
         new.setdefault(v.layer, {})[v.weight] = optimizers.update(optimizer, current, grad, v.key, state,
-                                                                 **settings)
+                                                                 squares=squares, **settings)
     for name, updated in new.items():
         layer = model.layer(name)
         layer.set_weights([updated.get(w, a) for w, a in zip(layer.weight_shapes(), layer.get_weights())])

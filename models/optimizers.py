@@ -46,7 +46,7 @@ def settings(name: str, **given: Any) -> dict[str, Any]:
 
 
 def sgd_update(w: np.ndarray, g: np.ndarray, key: str, state: OptimizerState, learning_rate: float,
-               momentum: float, nesterov: bool) -> np.ndarray:
+               momentum: float, nesterov: bool, squares: np.ndarray | None = None) -> np.ndarray:
     """keras.optimizers.SGD: `m = momentum·m − lr·g; w += m` (Nesterov: `w += momentum·m − lr·g`),
     or `w −= lr·g` without momentum."""
     lr = np.float32(learning_rate)
@@ -59,15 +59,16 @@ def sgd_update(w: np.ndarray, g: np.ndarray, key: str, state: OptimizerState, le
 
 
 def adam_update(w: np.ndarray, g: np.ndarray, key: str, state: OptimizerState, learning_rate: float,
-                beta_1: float, beta_2: float, epsilon: float) -> np.ndarray:
+                beta_1: float, beta_2: float, epsilon: float, squares: np.ndarray | None = None) -> np.ndarray:
     """keras.optimizers.Adam: `m += (g − m)(1 − β1)`, `v += (g² − v)(1 − β2)`,
-    `w −= m·α / (√v + ε)` with `α = lr·√(1 − β2ᵗ) / (1 − β1ᵗ)`, t the step number from 1."""
+    `w −= m·α / (√v + ε)` with `α = lr·√(1 − β2ᵗ) / (1 − β1ᵗ)`, t the step number from 1. Where the
+    gradient came as slices (an Embedding's), `squares` (Σ of the slices squared) replaces g²."""
     t = np.float32(state.iterations + 1)
     alpha = (np.float32(learning_rate) * np.sqrt(np.float32(1) - np.power(np.float32(beta_2), t))
              / (np.float32(1) - np.power(np.float32(beta_1), t)))
     m, v = state.slot(key, "m", w), state.slot(key, "v", w)
     m += (g - m) * np.float32(1 - beta_1)
-    v += (np.square(g) - v) * np.float32(1 - beta_2)
+    v += ((np.square(g) if squares is None else squares) - v) * np.float32(1 - beta_2)
     return w - (m * alpha) / (np.sqrt(v) + np.float32(epsilon))
 
 
@@ -75,6 +76,7 @@ UPDATES = {"sgd": sgd_update, "adam": adam_update}
 
 
 def update(name: str, w: np.ndarray, g: np.ndarray, key: str, state: OptimizerState, **hyper: Any) -> np.ndarray:
-    """The new value of weight `w` `(any shape)` after one step on gradient `g` (same shape)."""
+    """The new value of weight `w` `(any shape)` after one step on gradient `g` (same shape);
+    `squares` (optional) as `adam_update` takes it."""
     return UPDATES[name](np.asarray(w, np.float32), np.asarray(g, np.float32), key, state, **hyper).astype(
         np.float32, copy=False)

@@ -247,3 +247,32 @@ def test_a_batch_too_small_to_split_runs_its_backward_once(monkeypatch):
     scratch = load_scratch(small_model())
     g = scratch.gradients(images(3), np.array([0, 1, 2]))
     assert len(runs) == 1 and np.isfinite(g.loss)
+
+
+@pytest.mark.parametrize("batch", [3, 20])  # 20 is split between the cores
+def test_adam_on_an_embedding_adds_the_squares_of_its_slices_like_keras(batch):
+    """TensorFlow gives an Embedding's gradient as one slice per position read; Keras's Adam adds
+    the slices' squares to its second moment. Padding and repeated words read a row many times."""
+    inputs = keras.Input((6,), dtype="int32")
+    shared = L.Embedding(9, 4, mask_zero=True)
+    x = L.Bidirectional(L.LSTM(3))(shared(inputs))
+    x = L.Concatenate()([x, L.GlobalAveragePooling1D()(shared(inputs))])  # the embedding is called twice
+    km = keras.Model(inputs, L.Dense(3, activation="softmax")(x))
+    randomise_weights(km, 6)
+    scratch = load_scratch(km)
+    rng = np.random.default_rng(batch)
+    ids = rng.integers(1, 4, (batch, 6))  # few words: every row repeats
+    ids[:, 4:] = 0
+    labels = rng.integers(0, 3, batch)
+    opt = keras.optimizers.Adam(learning_rate=0.01)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy()
+    for step in range(3):
+        scratch.apply_gradients(scratch.gradients(ids, labels), optimizer="adam", learning_rate=0.01)
+        with tf.GradientTape() as tape:
+            loss = loss_fn(labels, km(ids, training=False))
+        grads = tape.gradient(loss, km.trainable_variables)
+        assert isinstance(grads[0], tf.IndexedSlices)  # the embeddings' gradient comes as slices
+        opt.apply_gradients(zip(grads, km.trainable_variables))
+        got, want = scratch_weights(scratch), keras_weights(km)
+        for path in want:
+            np.testing.assert_allclose(got[path], want[path], rtol=0, atol=2e-5, err_msg=f"{path}, step {step}")

@@ -219,7 +219,7 @@ class Conv2D(Layer):
         `pads` `((top, bottom), (left, right))` replaces this layer's own padding."""
         (kh, kw), (n, h, w, cin) = self.kernel_size, x.shape
         (t, b), (l, r) = pads or output_geometry(h, w, self.kernel_size, self.strides, self.padding)[:2]
-        step = min(n, self.chunk_images(oh * ow, kh * kw * cin))
+        step = max(1, min(n, self.chunk_images(oh * ow, kh * kw * cin)))
         # Buffers reused for every chunk of `step` images: the padding frame is written once.
         padded = np.zeros((step, h + t + b, w + l + r, cin), np.float32)
         cols = np.empty((step, oh, ow, kh, kw, cin), np.float32)
@@ -241,7 +241,7 @@ class Conv2D(Layer):
             return
         (sh, sw) = self.strides
         (t, b), (l, r) = pads or output_geometry(h, w, self.kernel_size, self.strides, self.padding)[:2]
-        step = min(n, self.chunk_images(oh * ow, kh * kw * cin))
+        step = max(1, min(n, self.chunk_images(oh * ow, kh * kw * cin)))
         padded = np.zeros((cin, step, h + t + b, w + l + r), np.float32)  # the frame is written once
         cols = np.empty((kh, kw, cin, step, oh, ow), np.float32)
         flat = cols.reshape(kh * kw * cin, step * oh * ow)
@@ -348,7 +348,7 @@ class Conv2D(Layer):
         (kh, kw), (sh, sw), (n, h, w, cin) = self.kernel_size, self.strides, shape
         (t, b), (l, r), oh, ow = output_geometry(h, w, self.kernel_size, self.strides, self.padding)
         dx = np.empty(shape, np.float32)
-        step = min(n, self.chunk_images(oh * ow, kh * kw * cin))
+        step = max(1, min(n, self.chunk_images(oh * ow, kh * kw * cin)))
         channel_first = cin < FEW_CHANNELS
         if channel_first:
             d_cols = np.empty((kh * kw * cin, step * oh * ow), np.float32)

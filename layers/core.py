@@ -137,7 +137,7 @@ class Flatten(Layer):
     def call(self, x, mask, training):
         if not isinstance(x, np.ndarray) or x.ndim < 1:
             raise InputShapeError(self.name, "Flatten", "of shape (batch, ...)", getattr(x, "shape", type(x)))
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)))
 
     def backward(self, dy, x, mask=None, y=None, cache=None):
         return np.reshape(dy, np.shape(x)), {}

@@ -366,7 +366,7 @@ def step_rows(mask: np.ndarray | None, batch: int, steps: int) -> list[tuple[int
     """Per input time t: `(n, whole)`, where `n` is one more than the last row that steps at t (0:
     none does) and `whole` says whether every one of the first `n` rows steps. Rows from `n` on
     only carry their states, so a scan computes the first `n` rows alone."""
-    if mask is None:
+    if mask is None or batch == 0:
         return [(batch, True)] * steps
     stepped = mask.any(axis=0)
     n = np.where(stepped, batch - np.argmax(mask[::-1], axis=0), 0)

@@ -14,7 +14,8 @@ def keras_gradients(model, x: Any, y: np.ndarray) -> dict[str, Any]:
 
     Returns `{"loss", "weights": {path: grad}, "inputs": dL/dx or None (for several inputs a
     tuple, one per input), "outputs": {node name: dL/d(output) or None}, "probabilities": the
-    model output}`; every layer call's output is
+    model output, "logits": what the loss read (the logits Keras keeps behind a softmax or sigmoid,
+    else the output), "from_logits": whether that was the output itself}`; every layer call's output is
     recorded while the model runs under the tape (as `models.keras_probe` does), so its gradient
     is the one flowing through the real model.
     """
@@ -51,7 +52,7 @@ def keras_gradients(model, x: Any, y: np.ndarray) -> dict[str, Any]:
     return {"loss": float(loss), "weights": {v.path: dense(g) for v, g in zip(variables, grads)},
             "inputs": d_inputs if several else d_inputs[0], "outputs": outputs,
             "probabilities": np.asarray(p), "mask": None if mask is None else np.asarray(mask),
-            "logits": np.asarray(p if from_logits else p._keras_logits)}
+            "logits": np.asarray(p if from_logits else p._keras_logits), "from_logits": from_logits}
 
 
 def dense(g: Any) -> Any:

@@ -19,7 +19,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from nntrace.layers import Layer, Softmax
+from nntrace.layers import Activation, Dropout, Identity, Layer, Softmax
 from nntrace.layers.activations import activation_name
 from nntrace.layers.conv import Conv2D
 from nntrace.layers.core import Dense
@@ -259,24 +259,58 @@ def forward_pass(model: Any, x: Any, keep: bool = True) -> Forward:
 
 
 # -- the loss -------------------------------------------------------------------------------------
-def ends_in_softmax(layer: Layer, y: np.ndarray) -> bool:
-    """Whether the layer's output `y` is a softmax over its last axis (the model gives probabilities)."""
+def caches_logits(layer: Layer) -> bool:
+    """Whether Keras keeps the layer's pre-activation on its output for the loss (`_keras_logits`):
+    a softmax or sigmoid activation, or a Softmax layer over one axis."""
     if isinstance(layer, Softmax):
-        return layer.config.get("axis", -1) in (-1, [-1], y.ndim - 1)
-    return hasattr(layer, "backward_pre_activation") and activation_name(layer.config.get("activation")) == "softmax"
+        return isinstance(layer.config.get("axis", -1), int)
+    return hasattr(layer, "backward_pre_activation") and \
+        activation_name(layer.config.get("activation")) in ("softmax", "sigmoid")
 
 
-def logits_of(layer: Layer, x: Any, y: np.ndarray) -> np.ndarray:
-    """What the loss reads as logits: the input of a final softmax, else the output itself."""
-    if not ends_in_softmax(layer, y):
-        return y
+def passes_through(layer: Layer) -> bool:
+    """Whether the layer hands its input on unchanged at inference (Dropout, noise, augmentation,
+    Activation('linear')): a tensor's cached logits survive it."""
+    return isinstance(layer, (Dropout, Identity)) or (
+        isinstance(layer, Activation) and activation_name(layer.config.get("activation")) == "linear")
+
+
+def logits_source(fwd: Forward) -> Record | None:
+    """The call whose pre-activation Keras's loss reads as logits: `SparseCategoricalCrossentropy`
+    takes a softmax's or a sigmoid's input in place of its output, whatever `from_logits` says, also
+    behind layers that pass it through unchanged. None where the model's output is the logits."""
+    rec = fwd.head()
+    while rec is not None and not isinstance(rec.y, tuple):
+        if caches_logits(rec.layer):
+            return rec
+        refs = rec.node.refs
+        if not passes_through(rec.layer) or len(refs) != 1 or refs[0].index not in (0, -1):
+            return None
+        rec = fwd.record(refs[0].node)  # None where it reads a model input
+    return None
+
+
+def gives_probabilities(rec: Record) -> bool:
+    """Whether the logits' call (`logits_source`) ends in a softmax over the last axis."""
+    if isinstance(rec.layer, Softmax):
+        return rec.layer.config.get("axis", -1) in (-1, np.ndim(rec.y) - 1)
+    return activation_name(rec.layer.config.get("activation")) == "softmax"
+
+
+def logits_of(rec: Record | None, output: np.ndarray) -> np.ndarray:
+    """What the loss reads as logits: the pre-activation of `rec` (`logits_source`), else the output."""
+    if rec is None:
+        return output
+    layer, x = rec.layer, rec.x
     if isinstance(layer, Dense):
         return layer.pre_activation(x)
     if isinstance(layer, Conv2D):
         return layer.convolve(x, activate=False)
     if hasattr(layer, "pre_activation"):  # Conv1D, DepthwiseConv2D, SeparableConv2D
         return layer.pre_activation(x)
-    return np.asarray(x, np.float32)  # Activation('softmax'), Softmax
+    x = np.asarray(x, np.float32)  # Activation('softmax' | 'sigmoid'), Softmax
+    keep = layer.mask_for(x, rec.mask) if isinstance(layer, Softmax) else None
+    return x if keep is None else np.where(keep, x, x + np.float32(-1e9))  # Keras adds −1e9 where masked
 
 
 def check_labels(y: Any, output: Any, layer: Layer) -> np.ndarray:
@@ -351,7 +385,7 @@ def loss(model: Any, x: Any, y: Any) -> float:
     fwd = forward_pass(model, x, keep=False)
     out, head = fwd.output, fwd.head()
     labels = check_labels(y, out, head.layer if head else model.layers[-1])
-    return cross_entropy(logits_of(head.layer, head.x, out) if head else out, labels, fwd.output_mask)[0]
+    return cross_entropy(logits_of(logits_source(fwd), out), labels, fwd.output_mask)[0]
 
 
 # -- the backward pass ----------------------------------------------------------------------------
@@ -374,6 +408,8 @@ def gradients(model: Any, x: Any, y: Any, calls: dict | None = None, paths: bool
         paths: name the variables by their Keras paths in `weights` (False: `weights` stays empty
             and only `layer_weights` is filled; a model built by hand may have no unique paths).
     """
+    if hasattr(model, "batch_length") and model.batch_length(x) == 0:
+        raise InputShapeError(model.name, type(model).__name__, "at least one sample", "an empty batch")
     parts = split_backward(model, x, y) if calls is None else None
     if parts is None:
         parts = [backward(model, x, y, calls)]
@@ -431,17 +467,19 @@ def backward(model: Any, x: Any, y: Any, calls: dict | None = None, total: int |
     labels = check_labels(y, out, head.layer if head else model.layers[-1])
     if total is not None and fwd.output_mask is not None:
         return None
-    readers = [r for rec in fwd.records for r in rec.node.refs]
-    # A final softmax read by nothing else: start from the logits' gradient, as Keras's loss does.
-    probabilities = head is not None and ends_in_softmax(head.layer, out)
-    fused = probabilities and all(r.node != head.node.name for r in readers)
-    loss_value, d_logits, weights = cross_entropy(logits_of(head.layer, head.x, out) if probabilities else out,
-                                                  labels, fwd.output_mask, total)
+    # Behind a softmax or sigmoid (and what passes it through), Keras's loss reads the logits: the
+    # backward starts from their gradient there, and the calls after it get none.
+    source = logits_source(fwd)
+    logits = logits_of(source, out)
+    loss_value, d_logits, weights = cross_entropy(logits, labels, fwd.output_mask, total)
     if calls is not None:
-        calls[""] = LossInputs(logits_of(head.layer, head.x, out) if probabilities else out, labels, loss_value,
-                               d_logits, not probabilities)
+        calls[""] = LossInputs(logits, labels, loss_value, d_logits, source is None)
     flow = Flow()
-    flow.add(fwd.output_ref, probability_gradient(out, labels, weights, total) if probabilities else d_logits)
+    if source is None:
+        flow.add(fwd.output_ref, d_logits)
+    # probabilities out: dL/dp of the mean −log p[label] for the output, as if the loss read them
+    d_probabilities = probability_gradient(out, labels, weights, total) \
+        if source is not None and gives_probabilities(source) else None
     outputs: dict[str, Any] = {name: None for name in fwd.given}
     layer_weights: dict[str, dict[str, np.ndarray]] = {}
     first = input_end(fwd) if calls is None else None
@@ -449,15 +487,17 @@ def backward(model: Any, x: Any, y: Any, calls: dict | None = None, total: int |
     sliced: dict[str, list[Deferred]] = {}
     for rec in reversed(fwd.records):
         dy = flow.gradient(rec.node.name, rec.y)
+        if rec is source and rec.node.name == fwd.output_ref.node:
+            dy = d_probabilities
         outputs[rec.node.name] = dy
-        if dy is None:
+        if rec is source:
+            dx, grads = rec.layer.backward_pre_activation(d_logits, rec.x)
+        elif dy is None:
             continue
-        if rec is first and not (fused and rec is head):
+        elif rec is first:
             grads, input_gradient = rec.layer.backward_deferring_input(dy, rec.x, rec.mask, rec.y, rec.cache,
                                                                       **rec.options)
             d_inputs = defer_input_end(fwd, first, input_gradient, outputs)
-        elif fused and rec is head:
-            dx, grads = rec.layer.backward_pre_activation(d_logits, rec.x)
         else:
             dx, grads = rec.layer.backward(dy, rec.x, rec.mask, rec.y, rec.cache, **rec.options)
         summed = layer_weights.setdefault(rec.layer.name, {})
@@ -469,15 +509,17 @@ def backward(model: Any, x: Any, y: Any, calls: dict | None = None, total: int |
         if d_inputs is not None:
             break
         if calls is not None:
-            calls[rec.node.name] = Call(rec, dy, dx, grads, d_logits if fused and rec is head else None)
+            calls[rec.node.name] = Call(rec, dy, dx, grads, d_logits if rec is source else None)
         flow.send(rec.node, rec.layer, dx)
     if d_inputs is None:
         d_inputs = [flow.gradient(name, value) for name, value in fwd.inputs.items()]
         d_inputs = d_inputs[0] if len(d_inputs) == 1 else d_inputs
+    if d_probabilities is not None:
+        outputs[fwd.output_ref.node] = d_probabilities
     order = [n.name for n in fwd.graph.nodes if n.name in outputs]
     return Gradients(loss=loss_value, weights={}, inputs=d_inputs,
                      outputs=LayerGradients({name: outputs[name] for name in order}),
-                     from_logits=not probabilities, layer_weights=layer_weights, sliced=sliced)
+                     from_logits=source is None, layer_weights=layer_weights, sliced=sliced)
 
 
 def input_end(fwd: Forward) -> Record | None:

@@ -34,7 +34,7 @@ def assert_loss_close(scratch, x: Any, y: np.ndarray, loss: float, want: dict) -
     """The loss equals Keras's to LOSS_REL: computed from Keras's own logits it must; from the
     scratch forward pass's logits it may differ further only by what their float32 round-off
     explains (|ΔL| ≤ 2·max|Δlogits|, each logit's gradient being at most 1 in size)."""
-    from nntrace.models.gradients import cross_entropy, forward_pass, logits_of
+    from nntrace.models.gradients import cross_entropy, forward_pass, logits_of, logits_source
 
     labels = np.asarray(y)
     mask = want["mask"]
@@ -42,10 +42,12 @@ def assert_loss_close(scratch, x: Any, y: np.ndarray, loss: float, want: dict) -
     on_keras_logits = cross_entropy(want["logits"], labels, mask)[0]
     assert abs(on_keras_logits - tf_loss) <= LOSS_REL * tf_loss, (on_keras_logits, tf_loss)
     fwd = forward_pass(scratch, x, keep=False)
-    head = fwd.head()
-    logits = logits_of(head.layer, head.x, fwd.output)
+    logits = logits_of(logits_source(fwd), fwd.output)
+    assert logits.shape == want["logits"].shape, (logits.shape, want["logits"].shape)
     weight = 1.0 if mask is None else mask.size / max(mask.sum(), 1)
-    slack = 2 * weight * float(np.abs(logits.astype(np.float64) - want["logits"]).max())
+    apart = float(np.abs(logits.astype(np.float64) - want["logits"]).max())
+    assert apart <= REL * max(1.0, float(np.abs(want["logits"]).max())), f"the loss reads other logits ({apart:.2e})"
+    slack = 2 * weight * apart
     assert abs(loss - tf_loss) <= LOSS_REL * tf_loss + slack, (loss, tf_loss, slack)
 
 
@@ -87,8 +89,10 @@ def assert_gradient_parity(keras_model, x: Any, y: np.ndarray, scratch=None, nul
             assert_close(got, grad, what)
     output = scratch.graph.output.node
     for name, grad in want["outputs"].items():
-        if grad is None and name == output:  # Keras's loss reads the logits behind a final softmax
-            grad = probability_gradient(want["probabilities"], np.asarray(y), want["mask"])
+        p = want["probabilities"]
+        if grad is None and name == output and not want["from_logits"] and np.allclose(p.sum(-1), 1, atol=1e-4):
+            # Keras's loss reads the logits behind a final softmax: dL/dp as if it read p
+            grad = probability_gradient(p, np.asarray(y), want["mask"])
         if grad is None:
             assert g.outputs[name] is None, name
             continue

@@ -276,3 +276,50 @@ def test_adam_on_an_embedding_adds_the_squares_of_its_slices_like_keras(batch):
         got, want = scratch_weights(scratch), keras_weights(km)
         for path in want:
             np.testing.assert_allclose(got[path], want[path], rtol=0, atol=2e-5, err_msg=f"{path}, step {step}")
+
+
+def dense_head(*head):
+    def build():
+        model = keras.Sequential([keras.Input((5,)), L.Dense(6, activation="tanh"), *head])
+        randomise_weights(model, 3)
+        return model
+    return build
+
+
+@pytest.mark.parametrize("build", [
+    dense_head(L.Dense(3, activation="sigmoid")),
+    dense_head(L.Dense(3), L.Activation("sigmoid")),
+    dense_head(L.Dense(3, activation="softmax"), L.Dropout(0.5)),
+    dense_head(L.Dense(3, activation="softmax"), L.GaussianNoise(0.1), L.Activation("linear")),
+    dense_head(L.Dense(3), L.Softmax(), L.Dropout(0.2)),
+], ids=["sigmoid", "activation-sigmoid", "softmax-dropout", "softmax-noise-linear", "softmax-layer-dropout"])
+@pytest.mark.parametrize("batch", [4, 24])
+def test_the_loss_reads_the_logits_keras_keeps_behind_a_softmax_or_sigmoid(build, batch):
+    """Keras's SparseCategoricalCrossentropy reads a softmax's or sigmoid's input (`_keras_logits`),
+    also behind layers that pass it on unchanged at inference, whatever `from_logits` says."""
+    model = build()
+    rng = np.random.default_rng(batch)
+    x, y = rng.normal(size=(batch, 5)).astype(np.float32), rng.integers(0, 3, batch)
+    g = assert_gradient_parity(model, x, y)
+    keras_loss = float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, model(x, training=False)))
+    assert g.loss == pytest.approx(keras_loss, rel=LOSS_REL)
+    assert not g.from_logits
+
+
+def test_a_softmax_over_another_axis_reads_its_input_as_logits():
+    inputs = keras.Input((4, 5))
+    x = L.Conv1D(3, 2, padding="same")(inputs)
+    model = keras.Model(inputs, L.Softmax(axis=1)(x))  # over the steps; the loss takes the last axis
+    randomise_weights(model, 2)
+    rng = np.random.default_rng(2)
+    assert_gradient_parity(model, rng.normal(size=(6, 4, 5)).astype(np.float32), rng.integers(0, 3, (6, 4)))
+
+
+def test_an_empty_batch_is_refused_in_one_line_and_runs_forward_empty():
+    scratch = load_scratch(small_model())
+    with pytest.raises(InputShapeError, match="at least one sample"):
+        scratch.gradients(images(0), np.zeros(0, int))
+    assert scratch.forward(images(0)).shape == (0, 4)
+    text = keras.Sequential([keras.Input((4,), dtype="int32"), L.Embedding(10, 3, mask_zero=True),
+                             L.Bidirectional(L.LSTM(3, return_sequences=True)), L.GRU(2), L.Dense(3)])
+    assert load_scratch(text).forward(np.zeros((0, 4), np.int32)).shape == (0, 3)

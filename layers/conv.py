@@ -282,8 +282,9 @@ class Conv2D(Layer):
         x = as_float32(x)
         dz = self.pre_activation_gradient(dy, x, y, cache)
         _, grads = self.backward_pre_activation(dz, x, input_gradient=False)
+        kernel = self.weights["kernel"]  # the kernel of this pass, whatever the weights are when it is read
         return grads, lambda: np.concatenate(over_batch(lambda lo, hi: self.input_gradient(
-            dz[lo:hi], (hi - lo,) + x.shape[1:]), x.shape[0]))
+            dz[lo:hi], (hi - lo,) + x.shape[1:], kernel), x.shape[0]))
 
     def backward_pre_activation(self, dz: np.ndarray, x: np.ndarray,
                                 input_gradient: bool = True) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
@@ -318,29 +319,32 @@ class Conv2D(Layer):
             grads["bias"] = dz.sum(axis=(0, 1, 2), dtype=np.float32)
         return dx, grads
 
-    def input_gradient(self, dz: np.ndarray, shape: tuple) -> np.ndarray:
+    def input_gradient(self, dz: np.ndarray, shape: tuple, kernel: np.ndarray | None = None) -> np.ndarray:
         """dL/dx `shape` `(batch, h, w, in_ch)` from dL/d(pre-activation) `dz`: the flipped-kernel
         correlation at stride 1, else (and with fewer input than output channels, where
-        `dz @ kernelᵀ` is the wider matrix product) col2im."""
-        cin, filters = self.weights["kernel"].shape[2:]
+        `dz @ kernelᵀ` is the wider matrix product) col2im; `kernel` (default: the layer's own)
+        `(kh, kw, in_ch, filters)`."""
+        kernel = self.weights["kernel"] if kernel is None else kernel
+        cin, filters = kernel.shape[2:]
         if self.strides == (1, 1) and cin >= filters:
-            return self.flipped_correlation(dz, shape)
-        return self.col2im(dz, shape)
+            return self.flipped_correlation(dz, shape, kernel)
+        return self.col2im(dz, shape, kernel)
 
-    def flipped_correlation(self, dz: np.ndarray, shape: tuple) -> np.ndarray:
+    def flipped_correlation(self, dz: np.ndarray, shape: tuple, kernel: np.ndarray | None = None) -> np.ndarray:
         """dL/dx for stride 1: `dz`, padded by `k − 1 − pad` before and the rest after, correlated
         with the kernel flipped in space and its channel axes swapped — the transposed convolution
         as one im2col matrix product, like the forward pass."""
         (kh, kw), (n, h, w, cin) = self.kernel_size, shape
         (t, _), (l, _), oh, ow = output_geometry(h, w, self.kernel_size, self.strides, self.padding)
-        flipped = self.weights["kernel"][::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, cin)  # rows (kh, kw, filters)
+        kernel = self.weights["kernel"] if kernel is None else kernel
+        flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, cin)  # rows (kh, kw, filters)
         dx = np.empty(shape, np.float32)
         pads = ((kh - 1 - t, h - oh + t), (kw - 1 - l, w - ow + l))
         for s, m, cols in self.column_matrices(dz, h, w, pads):
             np.matmul(cols, flipped, out=dx[s:s + m].reshape(-1, cin))
         return dx
 
-    def col2im(self, dz: np.ndarray, shape: tuple) -> np.ndarray:
+    def col2im(self, dz: np.ndarray, shape: tuple, kernel: np.ndarray | None = None) -> np.ndarray:
         """dL/dx for any stride: each patch's gradient `dz @ kernelᵀ` added back where the patch was
         read from, a chunk of images at a time in reused buffers. With few input channels (an RGB
         picture) the products are laid out channel-first, so that every addition runs along image
@@ -349,19 +353,20 @@ class Conv2D(Layer):
         (t, b), (l, r), oh, ow = output_geometry(h, w, self.kernel_size, self.strides, self.padding)
         dx = np.empty(shape, np.float32)
         step = max(1, min(n, self.chunk_images(oh * ow, kh * kw * cin)))
+        matrix = self.kernel_matrix if kernel is None else kernel.reshape(-1, kernel.shape[-1])  # rows (kh, kw, cin)
         channel_first = cin < FEW_CHANNELS
         if channel_first:
             d_cols = np.empty((kh * kw * cin, step * oh * ow), np.float32)
             d_padded = np.empty((cin, step, h + t + b, w + l + r), np.float32)
         else:
-            kernel_t = np.ascontiguousarray(self.kernel_matrix.T)  # (filters, kh·kw·cin)
+            kernel_t = np.ascontiguousarray(matrix.T)  # (filters, kh·kw·cin)
             d_cols = np.empty((step * oh * ow, kh * kw * cin), np.float32)
             d_padded = np.empty((step, h + t + b, w + l + r, cin), np.float32)
         for s in range(0, n, step):
             m = min(step, n - s)
             rows = dz[s:s + m].reshape(-1, dz.shape[-1])
             if channel_first:  # (kh·kw·cin, pixels) = kernel @ dzᵀ
-                cols = np.matmul(self.kernel_matrix, rows.T, out=d_cols[:, :m * oh * ow]).reshape(kh, kw, cin, m, oh, ow)
+                cols = np.matmul(matrix, rows.T, out=d_cols[:, :m * oh * ow]).reshape(kh, kw, cin, m, oh, ow)
                 padded = d_padded[:, :m]
             else:
                 cols = np.matmul(rows, kernel_t, out=d_cols[:m * oh * ow]).reshape(m, oh, ow, kh, kw, cin)

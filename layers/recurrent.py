@@ -44,6 +44,7 @@ class SimpleRNNCell:
         """`(batch, timesteps, features)` → `x @ kernel + bias`, `(batch, timesteps, units)`, into
         `out` (C-contiguous float32) when given."""
         # one matrix product over every (sample, step): NumPy runs `(b, t, f) @ (f, n)` as b products
+        assert out is None or out.flags.c_contiguous, "project_inputs writes into a C-contiguous `out` only"
         z = np.matmul(x.reshape(-1, x.shape[-1]), self.kernel,
                       out=None if out is None else out.reshape(-1, self.kernel.shape[-1]))
         vector_ops.bias_relu_in_place(z, self.bias, relu=False)
@@ -266,10 +267,12 @@ class GRUCell:
             d_h_prev = dh * z + d_rh * r + dz[:, :2 * u] @ self.recurrent_kernel[:, :2 * u].T
         return dz, [d_h_prev]
 
-    def recurrent_weight_gradients(self, tape: list, dz: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def recurrent_weight_gradients(self, tape: list, dz: np.ndarray,
+                                   h_prev: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(dL/d(recurrent_kernel) `(units, 3*units)`, dL/d(recurrent_bias) `(3*units,)` or None)
         from the scan's tape and each step's dL/d(x_proj) `dz` `(batch, timesteps, 3*units)` in
-        processing order (zero where a step did not happen)."""
+        processing order (zero where a step did not happen), and each step's `h_prev` `(batch,
+        timesteps, units)`."""
         u = self.units
         rows = dz.reshape(-1, 3 * u)
         if not len(tape):
@@ -285,7 +288,7 @@ class GRUCell:
                     out[:len(cache[index]), k] = cache[index]
             return out.reshape(-1, u)
 
-        h_prev = over_steps(0)
+        h_prev = h_prev.reshape(-1, u)
         if self.reset_after:  # the recurrent part of h̃'s pre-activation is r·(h·U_h + rb_h)
             r = over_steps(2)
             d_inner = np.concatenate([rows[:, :2 * u], rows[:, 2 * u:] * r], axis=1)
@@ -494,7 +497,7 @@ def scan_backward(cell, tape: list, d_outputs: np.ndarray, mask: np.ndarray | No
         if record is not None:
             record.append((k, t, d_out, d_in, d_states, dz[:, k].copy()))
     if hasattr(cell, "recurrent_weight_gradients"):  # a recurrent part other than h_prev @ U (GRU)
-        d_recurrent_kernel = cell.recurrent_weight_gradients(tape, dz)
+        d_recurrent_kernel = cell.recurrent_weight_gradients(tape, dz, h_prev)
     else:
         d_recurrent_kernel = h_prev.reshape(-1, cell.units).T @ dz.reshape(batch * steps, -1)
     return (dz[:, ::-1] if go_backwards else dz), d_recurrent_kernel
@@ -660,7 +663,9 @@ class Recurrent(Layer):
 
         if not hasattr(self.cell, "step_backward"):
             return
-        x = as_float32(x)
+        x = as_float32(x)[:1]  # one sample: its tape runs in the batch's order
+        mask = None if mask is None else np.asarray(mask)[:1]
+        dy = None if dy is None else np.asarray(dy)[:1]
         tape = self.forward_with_cache(x, mask)[1]
         d_outputs = self.output_gradients(dy, x)
         record: list = []
@@ -850,9 +855,10 @@ class Bidirectional(Layer):
         x = as_float32(x)
         mask = None if mask is None else np.asarray(mask, bool)
         flips = [bool(layer.config.get("go_backwards", False)) for layer in (fwd, bwd)]
-        runs = None if length_order(mask) is None else contiguous_runs(mask)
+        order = length_order(mask)
+        runs = None if order is None else contiguous_runs(mask)
         if runs is not None:
-            return self.real_steps_at_once(cell, x, runs, flips)
+            return self.real_steps_at_once(cell, x, runs, flips, order)
         xp = np.empty((2,) + x.shape[:2] + (cell.recurrent_kernel.shape[-1],), np.float32)  # (2, batch, steps, gates·u)
         for d, (layer, flip) in enumerate(zip((fwd, bwd), flips)):
             layer.cell.project_inputs(x[:, ::-1] if flip else x, out=xp[d])
@@ -877,16 +883,15 @@ class Bidirectional(Layer):
         last = outputs[:, :, -1] if steps else np.zeros((2, batch, u), np.float32)
         return last[0], last[1]
 
-    def real_steps_at_once(self, cell, x: np.ndarray, runs: tuple[np.ndarray, np.ndarray],
-                           flips: list[bool]) -> tuple[np.ndarray, np.ndarray]:
+    def real_steps_at_once(self, cell, x: np.ndarray, runs: tuple[np.ndarray, np.ndarray], flips: list[bool],
+                           order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """`both_at_once` for a batch whose rows are real in one run of steps each (`runs`: start
         and stop per row; post- or pre-padding), of different lengths. Each direction steps only
         through a row's real steps, lined up from step 0 and longest rows first, so step j
         computes just the rows longer than j. A masked step before a row's run keeps the zero
         state and outputs zeros; one after it keeps the final state and outputs it again (zeros
-        with `zero_output_for_mask`), as `scan` does."""
+        with `zero_output_for_mask`), as `scan` does. `order`: the rows, longest first (`length_order`)."""
         start, stop = runs
-        order = np.argsort(start - stop, kind="stable")  # longest first
         x, start, stop = x[order], start[order], stop[order]
         batch, steps = x.shape[:2]
         counts = stop - start

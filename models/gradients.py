@@ -1,9 +1,10 @@
 """The backward pass of a scratch model: loss, gradients, one optimizer step.
 
 The loss is Keras's `SparseCategoricalCrossentropy` (mean over the labels) of the inference-mode
-output. A model whose last layer ends in a softmax gives probabilities (`from_logits=False`); as
-Keras does, the loss is then computed from the logits behind that softmax, so the gradient of the
-logits is exactly `(p − onehot) / n`. Any other last layer gives logits (`from_logits=True`).
+output. As Keras does, it reads the logits behind a final softmax or sigmoid, also behind layers
+that pass them on unchanged (Dropout, noise, `Activation('linear')`): their gradient is exactly
+`(softmax(logits) − onehot) / n` (`from_logits=False`). Any other output is the logits
+(`from_logits=True`).
 Gradients are those of the inference forward pass: Dropout is the identity, BatchNormalization
 uses its moving statistics.
 
@@ -38,8 +39,9 @@ class Gradients:
         loss: the mean sparse categorical cross-entropy of the batch.
         weights: Keras variable path → dL/d(variable), for every trainable variable.
         inputs: dL/dx for the model input (raw, before Rescaling), or None for token ids / strings.
-        outputs: layer name → dL/d(layer output) for the batch (None where the output is token ids).
-            For a last layer ending in a softmax this is dL/dp = −onehot / (n·p).
+        outputs: layer name → dL/d(layer output) for the batch (None where the output is token ids,
+            or the loss does not read it: behind the logits it reads, see `logits_source`). For a
+            model ending in a softmax over the last axis, the output's is dL/dp = −onehot / (n·p).
         from_logits: whether the model's output was taken as logits.
         layer_weights: layer name → scratch weight name → gradient, for every weight a gradient
             reached (a frozen layer's too), summed over a shared layer's calls.
@@ -47,7 +49,8 @@ class Gradients:
     What only a reader needs is worked out when first read (`inputs`, `outputs[name]`), so the
     weight gradients, what a training step needs, never wait for it: a batch split between the
     cores joins a layer's parts along the batch then, and a model that begins with a plain chain
-    to a Conv2D computes that layer's input gradient then (`input_end`).
+    to a Conv2D computes that layer's input gradient then (`input_end`), with the weights of the
+    pass, not those of a later step.
     """
 
     def __init__(self, loss: float, weights: dict[str, np.ndarray], inputs: Any, outputs: Mapping[str, Any],
@@ -58,6 +61,7 @@ class Gradients:
         self.layer_weights = {} if layer_weights is None else layer_weights
         self._inputs, self._parts = inputs, parts
         self.sliced = {} if sliced is None else sliced  # layer name → its calls' `squared_slices`, deferred
+        self.computed = dict(weights)  # the gradients as computed, beside any put in their place
 
     def squared_slices(self, layer: str, weight: str) -> np.ndarray | None:
         """For a weight whose TensorFlow gradient comes as slices (an Embedding's), each row's Σ of
@@ -152,7 +156,7 @@ class Call:
     dy: Any                        # dL/d(output)
     dx: Any                        # dL/d(input) (None for token ids and strings)
     grads: dict[str, np.ndarray]   # the call's weight gradients
-    dz: np.ndarray | None = None   # dL/d(logits) when this call's softmax was folded into the loss
+    dz: np.ndarray | None = None   # dL/d(logits) when the loss read this call's logits (`logits_source`)
 
 
 @dataclass
@@ -259,11 +263,13 @@ def forward_pass(model: Any, x: Any, keep: bool = True) -> Forward:
 
 
 # -- the loss -------------------------------------------------------------------------------------
-def caches_logits(layer: Layer) -> bool:
-    """Whether Keras keeps the layer's pre-activation on its output for the loss (`_keras_logits`):
-    a softmax or sigmoid activation, or a Softmax layer over one axis."""
+def caches_logits(rec: Record) -> bool:
+    """Whether Keras keeps the call's pre-activation on its output for the loss (`_keras_logits`):
+    a softmax or sigmoid activation, or a Softmax layer over one axis without a mask (with one, it
+    zeroes the masked entries afterwards, a new tensor that keeps nothing)."""
+    layer = rec.layer
     if isinstance(layer, Softmax):
-        return isinstance(layer.config.get("axis", -1), int)
+        return isinstance(layer.config.get("axis", -1), int) and rec.mask is None
     return hasattr(layer, "backward_pre_activation") and \
         activation_name(layer.config.get("activation")) in ("softmax", "sigmoid")
 
@@ -281,7 +287,7 @@ def logits_source(fwd: Forward) -> Record | None:
     behind layers that pass it through unchanged. None where the model's output is the logits."""
     rec = fwd.head()
     while rec is not None and not isinstance(rec.y, tuple):
-        if caches_logits(rec.layer):
+        if caches_logits(rec):
             return rec
         refs = rec.node.refs
         if not passes_through(rec.layer) or len(refs) != 1 or refs[0].index not in (0, -1):
@@ -308,9 +314,7 @@ def logits_of(rec: Record | None, output: np.ndarray) -> np.ndarray:
         return layer.convolve(x, activate=False)
     if hasattr(layer, "pre_activation"):  # Conv1D, DepthwiseConv2D, SeparableConv2D
         return layer.pre_activation(x)
-    x = np.asarray(x, np.float32)  # Activation('softmax' | 'sigmoid'), Softmax
-    keep = layer.mask_for(x, rec.mask) if isinstance(layer, Softmax) else None
-    return x if keep is None else np.where(keep, x, x + np.float32(-1e9))  # Keras adds −1e9 where masked
+    return np.asarray(x, np.float32)  # Activation('softmax' | 'sigmoid'), Softmax
 
 
 def check_labels(y: Any, output: Any, layer: Layer) -> np.ndarray:
@@ -408,7 +412,8 @@ def gradients(model: Any, x: Any, y: Any, calls: dict | None = None, paths: bool
         paths: name the variables by their Keras paths in `weights` (False: `weights` stays empty
             and only `layer_weights` is filled; a model built by hand may have no unique paths).
     """
-    if hasattr(model, "batch_length") and model.batch_length(x) == 0:
+    if hasattr(model, "batch_length") and (isinstance(x, (list, dict)) or np.ndim(x) >= 1) \
+            and model.batch_length(x) == 0:
         raise InputShapeError(model.name, type(model).__name__, "at least one sample", "an empty batch")
     parts = split_backward(model, x, y) if calls is None else None
     if parts is None:
@@ -425,9 +430,10 @@ def gradients(model: Any, x: Any, y: Any, calls: dict | None = None, paths: bool
     for part in parts:
         for layer, calls in part.sliced.items():
             sliced.setdefault(layer, []).extend(calls)
+    split = len(parts) > 1
     return Gradients(loss=loss_value, weights=keras_gradients(model, layer_weights) if paths else {},
-                     inputs=first._inputs, parts=parts if len(parts) > 1 else first._parts,
-                     outputs=JoinedParts([part.outputs for part in parts]) if len(parts) > 1 else first.outputs,
+                     inputs=None if split else first._inputs, parts=parts if split else None,
+                     outputs=JoinedParts([part.outputs for part in parts]) if split else first.outputs,
                      from_logits=first.from_logits, layer_weights=layer_weights, sliced=sliced)
 
 
@@ -441,8 +447,10 @@ def split_backward(model: Any, x: Any, y: Any) -> list[Gradients] | None:
     if (any(getattr(layer, "parallel_inside", False) for layer in model.layers) or not isinstance(x, np.ndarray)
             or x.ndim == 0 or labels.ndim == 0 or len(labels) != len(x)):
         return None
+    n = len(x)
     try:  # each part's loss is a share of the mean over every label entry of the batch
-        parts = over_batch(lambda lo, hi: backward(model, x[lo:hi], labels[lo:hi], total=labels.size), len(x))
+        parts = over_batch(lambda lo, hi: backward(model, x[lo:hi], labels[lo:hi],
+                                                   total=None if hi - lo == n else labels.size), n)
     except NNTraceError:
         return None
     return parts if all(part is not None for part in parts) else None
@@ -487,8 +495,6 @@ def backward(model: Any, x: Any, y: Any, calls: dict | None = None, total: int |
     sliced: dict[str, list[Deferred]] = {}
     for rec in reversed(fwd.records):
         dy = flow.gradient(rec.node.name, rec.y)
-        if rec is source and rec.node.name == fwd.output_ref.node:
-            dy = d_probabilities
         outputs[rec.node.name] = dy
         if rec is source:
             dx, grads = rec.layer.backward_pre_activation(d_logits, rec.x)
@@ -632,7 +638,8 @@ def apply_gradients(model: Any, g: Gradients | dict[str, np.ndarray], optimizer:
     The optimizer's state (momenta, Adam's moments and step count) stays on the model, so the next
     call with the same optimizer continues it; another optimizer starts afresh. Adam's second moment
     of an Embedding adds the squares of its gradient's slices, as Keras does with TensorFlow's sparse
-    gradient (a `Gradients` carries them; a plain dict gives the dense gradient only).
+    gradient: a `Gradients` carries them for the gradient it computed (a gradient put in its place,
+    clipped say, or a plain dict, gives the dense square).
     """
     settings = optimizers.settings(optimizer, learning_rate=learning_rate, **hyper)
     state = model.optimizer_state
@@ -650,9 +657,11 @@ def apply_gradients(model: Any, g: Gradients | dict[str, np.ndarray], optimizer:
         current = layer.weights[v.weight]
         if np.shape(grad) != current.shape:
             raise NNTraceError(f"gradient for '{path}' has shape {np.shape(grad)}, the variable {current.shape}")
-        squares = g.squared_slices(v.layer, v.weight) if isinstance(g, Gradients) and optimizer == "adam" else None
+        extra = {}
+        if optimizer == "adam" and isinstance(g, Gradients) and grad is g.computed.get(path):
+            extra["squares"] = g.squared_slices(v.layer, v.weight)  # None but for an Embedding
         new.setdefault(v.layer, {})[v.weight] = optimizers.update(optimizer, current, grad, v.key, state,
-                                                                 squares=squares, **settings)
+                                                                 **extra, **settings)
     for name, updated in new.items():
         layer = model.layer(name)
         layer.set_weights([updated.get(w, a) for w, a in zip(layer.weight_shapes(), layer.get_weights())])

@@ -46,7 +46,7 @@ def settings(name: str, **given: Any) -> dict[str, Any]:
 
 
 def sgd_update(w: np.ndarray, g: np.ndarray, key: str, state: OptimizerState, learning_rate: float,
-               momentum: float, nesterov: bool, squares: np.ndarray | None = None) -> np.ndarray:
+               momentum: float, nesterov: bool) -> np.ndarray:
     """keras.optimizers.SGD: `m = momentum·m − lr·g; w += m` (Nesterov: `w += momentum·m − lr·g`),
     or `w −= lr·g` without momentum."""
     lr = np.float32(learning_rate)
@@ -77,6 +77,6 @@ UPDATES = {"sgd": sgd_update, "adam": adam_update}
 
 def update(name: str, w: np.ndarray, g: np.ndarray, key: str, state: OptimizerState, **hyper: Any) -> np.ndarray:
     """The new value of weight `w` `(any shape)` after one step on gradient `g` (same shape);
-    `squares` (optional) as `adam_update` takes it."""
+    `squares` (Adam only, optional) as `adam_update` takes it."""
     return UPDATES[name](np.asarray(w, np.float32), np.asarray(g, np.float32), key, state, **hyper).astype(
         np.float32, copy=False)

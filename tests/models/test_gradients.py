@@ -323,3 +323,38 @@ def test_an_empty_batch_is_refused_in_one_line_and_runs_forward_empty():
     text = keras.Sequential([keras.Input((4,), dtype="int32"), L.Embedding(10, 3, mask_zero=True),
                              L.Bidirectional(L.LSTM(3, return_sequences=True)), L.GRU(2), L.Dense(3)])
     assert load_scratch(text).forward(np.zeros((0, 4), np.int32)).shape == (0, 3)
+
+
+def test_a_masked_softmax_head_is_read_as_logits_like_keras():
+    """Keras's Softmax zeroes masked entries after the softmax: a new tensor without cached logits,
+    so its loss reads the output itself."""
+    inputs = keras.Input((4,), dtype="int32")  # 4 steps of 4 classes: Keras broadcasts the (batch, 4) mask
+    x = L.Dense(4)(L.Embedding(9, 3, mask_zero=True)(inputs))
+    model = keras.Model(inputs, L.Softmax()(x))
+    randomise_weights(model, 4)
+    rng = np.random.default_rng(4)
+    ids = rng.integers(1, 9, (4, 4))
+    ids[0, 2:] = 0
+    ids[1, 3] = 0
+    g = assert_gradient_parity(model, ids.astype(np.int32), rng.integers(0, 4, (4, 4)))
+    assert g.from_logits and np.isfinite(g.loss)
+
+
+def test_a_masked_output_runs_its_backward_once(monkeypatch):
+    from nntrace.models import gradients as module
+
+    runs = []
+    original = module.backward
+    monkeypatch.setattr(module, "backward", lambda *a, **k: runs.append(k.get("total")) or original(*a, **k))
+    inputs = keras.Input((5,), dtype="int32")
+    x = L.LSTM(3, return_sequences=True)(L.Embedding(9, 3, mask_zero=True)(inputs))
+    scratch = load_scratch(keras.Model(inputs, L.Dense(3, activation="softmax")(x)))
+    ids = np.array([[1, 2, 3, 0, 0], [4, 5, 0, 0, 0]], np.int32)
+    scratch.gradients(ids, np.zeros((2, 5), int))
+    assert runs == [None]
+
+
+@pytest.mark.parametrize("x", [np.float32(1.0), 5, None])
+def test_a_scalar_input_is_refused_in_one_line(x):
+    with pytest.raises(NNTraceError):
+        load_scratch(small_model()).gradients(x, np.zeros(1, int))

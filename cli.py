@@ -400,12 +400,12 @@ def cmd_grad(args: argparse.Namespace) -> int:
     console.print(f"{scratch.name} on {described}, label {label} ({labels[label]}): loss {g.loss:.6f}"
                   + (f"  (GradientTape: {tf_g['loss']:.6f})" if tf_g else ""))
 
-    def diff(got, want) -> str:
+    def diff(got, want, scale: float | None = None) -> str:
         from nntrace.models.gradient_check import rel_error
 
         if want is None or got is None or isinstance(want, tuple):
             return "—"
-        return f"{rel_error(got, want):.1e}"
+        return f"{rel_error(got, want, scale):.1e}"
 
     table = Table(title="dL/d(layer output), from the loss back to the input")
     for col in ("layer", "‖gradient‖", "vs GradientTape"):
@@ -415,7 +415,8 @@ def cmd_grad(args: argparse.Namespace) -> int:
         norm = "—" if out is None or isinstance(out, tuple) else f"{float(np.linalg.norm(out)):.4e}"
         table.add_row(name, norm, diff(out, tf_g["outputs"].get(name)) if tf_g else "…")
     console.print(table)
-    weights = Table(title="dL/d(variable), every trainable Keras variable")
+    weights = Table(title="dL/d(variable), every trainable Keras variable",
+                    caption="vs GradientTape: max |Δ| ÷ the largest GradientTape gradient among the layer's variables")
     for col in ("variable", "shape", "‖gradient‖", "vs GradientTape"):
         weights.add_column(col, justify="left" if col == "variable" else "right")
     def tape_weight(path_: str):
@@ -427,9 +428,15 @@ def cmd_grad(args: argparse.Namespace) -> int:
                          None)
         return found
 
+    layer_scale: dict[str, float] = {}  # the largest TensorFlow gradient among each layer's variables
+    for path_ in g.weights if tf_g else ():
+        found = tape_weight(path_)
+        if found is not None:
+            top = float(np.abs(np.asarray(found, np.float64)).max(initial=0.0))
+            layer_scale[path_.split("/")[0]] = max(layer_scale.get(path_.split("/")[0], 0.0), top)
     for path_, grad_ in g.weights.items():
         weights.add_row(path_, "×".join(map(str, np.shape(grad_))), f"{float(np.linalg.norm(grad_)):.4e}",
-                        diff(grad_, tape_weight(path_)) if tf_g else "…")
+                        diff(grad_, tape_weight(path_), layer_scale.get(path_.split("/")[0])) if tf_g else "…")
     console.print(weights)
     if g.inputs is not None:
         console.print(f"dL/dx (the raw input): ‖·‖ = {float(np.linalg.norm(g.inputs)):.4e}"

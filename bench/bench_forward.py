@@ -1,7 +1,9 @@
 """Forward-pass throughput: scratch vs Keras `model.predict`, same inputs, same batch size, one run.
 
 Prints images/s (or sequences/s) for both and the ratio scratch / Keras. Targets: CNN ≥ 0.8×,
-LSTM and GRU ≥ 1.5×, the transformer ≥ 1.0×. `--profile` adds the scratch CNN's time per layer.
+LSTM and GRU ≥ 1.5×, the transformer ≥ 1.0×. Beside the throughput, the CPU time each side spends
+per sample (all its threads, median of the runs): a side that keeps fewer cores busy shows it here.
+`--profile` adds the scratch CNN's time per layer.
 
     python bench/bench_forward.py [--batch-size 128] [--repeats 3]
 """
@@ -17,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from bench.timing import best_time, blas_line  # noqa: E402
+from bench.timing import blas_line, wall_and_cpu  # noqa: E402
 
 
 def seed_cnn():
@@ -68,10 +70,12 @@ def compare(name: str, keras_model, x, batch_size: int, repeats: int) -> dict:
     scratch = load_scratch(keras_model)
     run_keras = lambda: keras_model.predict(x, batch_size=batch_size, verbose=0)  # noqa: E731
     run_scratch = lambda: scratch.predict_proba(x, batch_size=batch_size)  # noqa: E731
-    pairs = [(best_time(run_keras, 1), best_time(run_scratch, 1)) for _ in range(repeats)]
+    runs = [(wall_and_cpu(run_keras), wall_and_cpu(run_scratch)) for _ in range(repeats)]
+    pairs = [(k[0], s[0]) for k, s in runs]
     diff = float(np.abs(run_keras() - run_scratch()).max())
     n = len(x)
-    return {"name": name, "n": n, "keras": n / min(k for k, _ in pairs), "scratch": n / min(s for _, s in pairs),
+    return {"keras_cpu": statistics.median(k[1] for k, _ in runs) / n,
+            "scratch_cpu": statistics.median(s[1] for _, s in runs) / n,"name": name, "n": n, "keras": n / min(k for k, _ in pairs), "scratch": n / min(s for _, s in pairs),
             "keras_median": n / statistics.median(k for k, _ in pairs),
             "scratch_median": n / statistics.median(s for _, s in pairs),
             "ratio": statistics.median(k / s for k, s in pairs), "max_diff": diff}
@@ -127,13 +131,15 @@ def main() -> None:
             for key, (name, build, x) in cases.items() if not args.only or key in args.only]
     table = Table(title=f"forward throughput, batch size {args.batch_size}, {args.repeats} alternating runs")
     for col in ("model", "Keras /s (best)", "scratch /s (best)", "Keras /s (median)", "scratch /s (median)",
-                "best ÷ best", "scratch ÷ Keras (median of pairs)", "max |Δp|"):
+                "best ÷ best", "scratch ÷ Keras (median of pairs)", "CPU ms per sample, Keras / scratch",
+                "max |Δp|"):
         table.add_column(col, justify="right" if col != "model" else "left")
     for r in rows:
         table.add_row(r["name"], f"{r['keras']:.0f}", f"{r['scratch']:.0f}", f"{r['keras_median']:.0f}",
                       f"{r['scratch_median']:.0f}", f"{r['scratch'] / r['keras']:.2f}×",
-                      f"{r['ratio']:.2f}×", f"{r['max_diff']:.1e}")
-    Console(width=170).print(table)
+                      f"{r['ratio']:.2f}×", f"{r['keras_cpu'] * 1e3:.2f} / {r['scratch_cpu'] * 1e3:.2f}",
+                      f"{r['max_diff']:.1e}")
+    Console(width=190).print(table)
     print(blas_line())
     if args.profile:
         profile = Table(title=f"scratch CNN forward, time per layer (1,000 images, batch {args.batch_size})")

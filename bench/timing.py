@@ -14,6 +14,16 @@ def best_time(fn, repeats: int = 5) -> float:
     return min(times)
 
 
+def wall_and_cpu(fn, warm_up: bool = True) -> tuple[float, float]:
+    """One timed run of `fn()` (after a warm-up run): wall-clock seconds, and the CPU seconds the
+    whole process spent meanwhile (every thread, BLAS's and TensorFlow's included)."""
+    if warm_up:
+        fn()
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def blas_line() -> str:
     """Which BLAS NumPy's matrix products run on: library, version, the kernel it picked for this
     CPU and its threads; and the environment variables that force another kernel, if set (the

@@ -202,7 +202,12 @@ def activation_name(spec: object) -> str:
     if spec is None:
         return "linear"
     if isinstance(spec, dict):  # {"module": "keras.activations", "class_name": "function", "config": "relu"}
-        spec = spec.get("config", spec.get("class_name"))
+        config = spec.get("config")
+        if isinstance(config, str):
+            return config
+        if spec.get("class_name") in (None, "__lambda__"):  # a lambda's code: {"value": (…)} or {"config": {"code": …}}
+            return "<lambda>"
+        return str(spec.get("registered_name") or spec.get("class_name"))
     return str(spec)
 
 

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from nntrace.layers import activations
+from nntrace.layers import activations, vector_ops
 from nntrace.layers.base import Layer, as_float32
 from nntrace.layers.errors import InputShapeError
 
@@ -242,6 +242,12 @@ class MultiHeadAttention(AttentionLayer):
         if axes is not None and list(axes if isinstance(axes, (list, tuple)) else [axes]) not in ([1], [-2]):
             self.unsupported(f"attention_axes {axes} is not supported (attention over the sequence axis, 1)")
 
+    def check_build_shapes(self, shapes):
+        for name, shape in shapes.items():
+            if name in ("query_shape", "value_shape", "key_shape") and len(shape) != 3:
+                self.unsupported(f"its {name.removesuffix('_shape')} has shape {tuple(shape)}; only "
+                                 "(batch, sequence, features) inputs are supported")
+
     @property
     def heads(self) -> int:
         return int(self.config["num_heads"])
@@ -394,7 +400,7 @@ class MultiHeadAttention(AttentionLayer):
             bias_shape = self.weights[f"{name}_bias"].shape
             along = tf_bias_shape(d.shape, bias_shape)
             if along == tuple(bias_shape):
-                grads[f"{name}_bias"] = d2.sum(axis=0, dtype=np.float32).reshape(bias_shape)
+                grads[f"{name}_bias"] = vector_ops.channel_sums(d2).reshape(bias_shape)
             else:  # Keras added it along another axis (see `tf_bias_shape`)
                 full = (1,) * (d.ndim - len(along)) + along
                 summed = d.sum(axis=tuple(a for a, n in enumerate(full) if n == 1), dtype=np.float32)
@@ -419,7 +425,7 @@ class MultiHeadAttention(AttentionLayer):
         d_out = as_float32(dy).reshape(batch * t, -1)
         grads["output_kernel"] = (p["gated"].reshape(batch * t, -1).T @ d_out).reshape(kernel.shape)
         if "output_bias" in self.weights:
-            grads["output_bias"] = d_out.sum(axis=0, dtype=np.float32).reshape(kernel.shape[2:])
+            grads["output_bias"] = vector_ops.channel_sums(d_out).reshape(kernel.shape[2:])
         d_heads = (d_out @ flat_kernel.T).reshape(heads.shape)          # (batch, T, heads, value_dim)
         d_gate = None
         if p["gate"] is not None:

@@ -11,6 +11,13 @@ from nntrace.layers.errors import InputShapeError, UnsupportedLayerError, Weight
 Shape = tuple  # a weight shape template: ints, or None where any size fits
 
 
+def dtype_policy_name(dtype: Any) -> str | None:
+    """The name of a Keras layer config's `dtype`: a policy dict's `config.name`, or the string."""
+    if isinstance(dtype, dict):
+        dtype = (dtype.get("config") or {}).get("name")
+    return dtype if isinstance(dtype, str) else None
+
+
 class Layer:
     """One Keras layer reproduced in NumPy.
 
@@ -50,6 +57,14 @@ class Layer:
         """Raise UnsupportedLayerError for Keras settings this layer cannot reproduce."""
         if config.get("data_format", "channels_last") not in (None, "channels_last"):
             self.unsupported("only data_format='channels_last' is supported")
+        policy = dtype_policy_name(config.get("dtype"))
+        if policy is not None and "float16" in policy:  # float16, bfloat16 and their mixed_ policies
+            self.unsupported(f"dtype policy '{policy}' computes in {policy.removeprefix('mixed_')}; nntrace computes "
+                             "in float32 (supported: float32 and float64 policies)")
+
+    def check_build_shapes(self, shapes: dict[str, tuple]) -> None:
+        """Raise UnsupportedLayerError when Keras built the layer for inputs it cannot take
+        (`shapes`: argument name → shape, e.g. `{"query_shape": (None, 4, 6)}`)."""
 
     def get_config(self) -> dict:
         return {"name": self.name, **self.config}

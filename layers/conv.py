@@ -299,7 +299,7 @@ class Conv2D(Layer):
             dx, d_kernel = self.window.correlate_backward(dz, x, kernel)
             grads = {"kernel": d_kernel}
             if "bias" in self.weights:
-                grads["bias"] = dz.sum(axis=(0, 1, 2), dtype=np.float32)
+                grads["bias"] = vector_ops.channel_sums(dz)
             return dx, grads
         (kh, kw), cin, filters = self.kernel_size, kernel.shape[2], kernel.shape[3]
         _, _, oh, ow = output_geometry(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
@@ -316,7 +316,7 @@ class Conv2D(Layer):
         d_kernel = sum(over_batch(part, x.shape[0]))
         grads = {"kernel": d_kernel.reshape(kernel.shape)}
         if "bias" in self.weights:
-            grads["bias"] = dz.sum(axis=(0, 1, 2), dtype=np.float32)
+            grads["bias"] = vector_ops.channel_sums(dz)
         return dx, grads
 
     def input_gradient(self, dz: np.ndarray, shape: tuple, kernel: np.ndarray | None = None) -> np.ndarray:
@@ -733,7 +733,7 @@ class Conv1D(ActivatedBackward, Layer):
         dx, d_kernel = self.window.correlate_backward(as_float32(dz)[:, None], as_float32(x)[:, None], self.kernel2d)
         grads = {"kernel": d_kernel[0]}
         if "bias" in self.weights:
-            grads["bias"] = as_float32(dz).sum(axis=(0, 1), dtype=np.float32)
+            grads["bias"] = vector_ops.channel_sums(dz)
         return dx[:, 0], grads
 
     def steps(self, x, mask=None, context=None, rows=None, cols=None, filters=None):
@@ -804,7 +804,7 @@ class DepthwiseConv2D(ActivatedBackward, Layer):
         dx, d_grouped = self.window.correlate_backward(dz, x, self.grouped_kernel)
         grads = {"kernel": d_grouped.reshape(self.weights["kernel"].shape)}
         if "bias" in self.weights:
-            grads["bias"] = dz.sum(axis=(0, 1, 2), dtype=np.float32)
+            grads["bias"] = vector_ops.channel_sums(dz)
         return dx, grads
 
     def steps(self, x, mask=None, context=None, rows=None, cols=None, filters=None):
@@ -869,7 +869,7 @@ class SeparableConv2D(DepthwiseConv2D):
         grads = {"depthwise_kernel": d_grouped.reshape(self.weights["depthwise_kernel"].shape),
                  "pointwise_kernel": d_pointwise}
         if "bias" in self.weights:
-            grads["bias"] = dz2.sum(axis=0, dtype=np.float32)
+            grads["bias"] = vector_ops.channel_sums(dz2)
         return dx, grads
 
     def steps(self, x, mask=None, context=None, rows=None, cols=None, filters=None, stage: str | None = None):

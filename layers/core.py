@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nntrace.layers import activations
+from nntrace.layers import activations, vector_ops
 from nntrace.layers.base import Layer, as_float32
 from nntrace.layers.parallel import MIN_SPLIT, over_batch
 from nntrace.layers.errors import InputShapeError
@@ -71,7 +71,7 @@ class Dense(Layer):
         dz2 = as_float32(dz).reshape(-1, kernel.shape[1])
         grads = {"kernel": x2.T @ dz2}
         if "bias" in self.weights:
-            grads["bias"] = dz2.sum(axis=0, dtype=np.float32)
+            grads["bias"] = vector_ops.channel_sums(dz2)
         return (dz2 @ kernel.T).reshape(np.shape(x)), grads
 
     def steps(self, x, mask=None, context=None, units=None, top: int = 10):

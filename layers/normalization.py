@@ -81,7 +81,7 @@ class BatchNormalization(Layer):
         if "gamma" in w:
             inv_std = (1.0 / np.sqrt(w["moving_variance"] + np.float32(self.config.get("epsilon", 1e-3)))).astype(
                 np.float32)
-            dy_x = np.einsum("ij,ij->j", rows, as_float32(x).reshape(rows.shape))  # Σ dy·x per channel
+            dy_x = vector_ops.channel_dot_sums(rows, as_float32(x).reshape(rows.shape))  # Σ dy·x per channel
             grads["gamma"] = (dy_x - w["moving_mean"] * d_beta) * inv_std
         if "beta" in w:
             grads["beta"] = d_beta
@@ -162,15 +162,23 @@ class LayerNormalization(Layer):
         if self.config.get("rms_scaling", False):
             dx = g * inv - inv ** 3 * (g * x).mean(axis=axes, keepdims=True) * centred
             if gamma is not None:
-                grads["gamma"] = (dy * x * inv).sum(axis=others, dtype=np.float32).reshape(self.weights["gamma"].shape)
+                grads["gamma"] = self.sum_over(dy * x * inv, others, "gamma")
             return dx.astype(np.float32), grads
         normed = centred * inv
         dx = inv * (g - g.mean(axis=axes, keepdims=True) - normed * (g * normed).mean(axis=axes, keepdims=True))
         if gamma is not None:
-            grads["gamma"] = (dy * normed).sum(axis=others, dtype=np.float32).reshape(self.weights["gamma"].shape)
+            grads["gamma"] = self.sum_over(dy * normed, others, "gamma")
         if "beta" in self.weights:
-            grads["beta"] = dy.sum(axis=others, dtype=np.float32).reshape(self.weights["beta"].shape)
+            grads["beta"] = self.sum_over(dy, others, "beta")
         return dx.astype(np.float32), grads
+
+    def sum_over(self, v: np.ndarray, others: tuple[int, ...], weight: str) -> np.ndarray:
+        """`v` summed over the axes `others` (those not normalised), shaped like `weight`: by
+        `vector_ops.channel_sums` when they lead (the usual case), else accumulated in float64."""
+        shape = self.weights[weight].shape
+        if others == tuple(range(len(others))):
+            return vector_ops.channel_sums(v.reshape(-1, int(np.prod(v.shape[len(others):])))).reshape(shape)
+        return v.sum(axis=others, dtype=np.float64).astype(np.float32).reshape(shape)
 
     def steps(self, x, mask=None, context=None, positions=None):
         """One `NormalizeStep` per normalised group of sample `x` (a position of the other axes, in

@@ -292,7 +292,7 @@ class GRUCell:
         if self.reset_after:  # the recurrent part of h̃'s pre-activation is r·(h·U_h + rb_h)
             r = over_steps(2)
             d_inner = np.concatenate([rows[:, :2 * u], rows[:, 2 * u:] * r], axis=1)
-            d_bias = d_inner.sum(axis=0, dtype=np.float32) if self.recurrent_bias is not None else None
+            d_bias = vector_ops.channel_sums(d_inner) if self.recurrent_bias is not None else None
             return h_prev.T @ d_inner, d_bias
         h_in = over_steps(4)  # r·h
         return np.concatenate([h_prev.T @ rows[:, :2 * u], h_in.T @ rows[:, 2 * u:]], axis=1), None
@@ -618,7 +618,7 @@ class Recurrent(Layer):
         dz_rows = dz.reshape(-1, kernel.shape[1])
         grads = {"kernel": x.reshape(-1, kernel.shape[0]).T @ dz_rows, "recurrent_kernel": d_recurrent_kernel}
         if "bias" in self.weights:
-            d_bias = dz_rows.sum(axis=0, dtype=np.float32)
+            d_bias = vector_ops.channel_sums(dz_rows)
             grads["bias"] = d_bias if d_recurrent_bias is None else np.stack([d_bias, d_recurrent_bias])
         return (dz_rows @ kernel.T).reshape(x.shape), grads
 

@@ -345,6 +345,17 @@ def layer_spec(klayer) -> dict:
     return {"class_name": class_name, "config": config}
 
 
+def build_shapes(klayer) -> dict[str, tuple]:
+    """The input shapes a Keras layer was built for, by argument name (`input_shape`, or a
+    MultiHeadAttention's `query_shape`, `value_shape`, `key_shape`); empty when it does not say."""
+    try:
+        config = klayer.get_build_config() or {}
+    except Exception:  # noqa: BLE001 — a layer that cannot say is checked when it runs
+        return {}
+    shapes = config.get("shapes_dict") or ({"input_shape": config["input_shape"]} if "input_shape" in config else {})
+    return {k: tuple(v) for k, v in shapes.items() if isinstance(v, (list, tuple))}
+
+
 def build_layer(spec: dict) -> Layer:
     """A scratch layer from `{"class_name", "config"}`; UnsupportedLayerError when there is none."""
     class_name = spec["class_name"]
@@ -379,6 +390,7 @@ def convert(model) -> tuple[list[Layer], dict, Graph]:
             spec = layer_spec(knode.klayer)
             spec["config"]["name"] = name
             layer = build_layer(spec)
+            layer.check_build_shapes(build_shapes(knode.klayer))
             layer.set_weights(layer_weights(knode.klayer) if spec["class_name"] != "Identity" else [])
             layers.append(layer)
             built[name] = layer

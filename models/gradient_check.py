@@ -66,11 +66,13 @@ def dense(g: Any) -> Any:
     return np.asarray(tf.convert_to_tensor(g))
 
 
-def rel_error(got: np.ndarray, want: np.ndarray) -> float:
-    """max |got − want| / max |want| (an absolute error when `want` is all zeros)."""
+def rel_error(got: np.ndarray, want: np.ndarray, scale: float | None = None) -> float:
+    """max |got − want| / max |want| (an absolute error when `want` is all zeros). A larger `scale`
+    replaces max |want|: a gradient that is 0 in exact arithmetic (a key bias before a softmax) is
+    round-off on both sides, measured against its layer's largest gradient, not against itself."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     assert got.shape == want.shape, f"shape {got.shape} != {want.shape}"
-    scale = np.abs(want).max(initial=0.0)
+    scale = max(np.abs(want).max(initial=0.0), scale or 0.0)
     return float(np.abs(got - want).max(initial=0.0) / (scale if scale > 0 else 1.0))
 
 

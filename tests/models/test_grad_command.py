@@ -32,3 +32,19 @@ def test_grad_refuses_a_label_outside_the_classes_and_a_view_that_does_not_fit(t
     assert cli.main(["grad", "lstm", "--model", str(path), "--label", "7"]) == 2
     assert "--label must be a class id from 0 to" in capsys.readouterr().err
     assert cli.main(["grad", "cnn", "--model", str(path)]) == 2
+
+
+def test_a_gradient_that_is_zero_in_exact_arithmetic_is_measured_against_its_layer(capsys):
+    """A key bias shifts every score of a softmax row alike, so its gradient is 0 and both sides
+    give round-off. Divided by itself that read as a 100% difference; divided by the
+    largest gradient among the layer's variables it is round-off again."""
+    assert cli.main(["grad", "attention", "--text", "filmnya bagus sekali", "--label", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.split("│") if c.strip()]
+                                          for line in out.splitlines() if line.startswith("│")) if "/" in cells[0]}
+    key_bias = next(cells for name, cells in rows.items() if name.endswith("key/bias"))
+    key_kernel = next(cells for name, cells in rows.items() if name.endswith("key/kernel"))
+    assert float(key_bias[2]) < 1e-3 * float(key_kernel[2])  # ‖gradient‖: round-off of an exact 0
+    diffs = [float(cells[-1]) for cells in rows.values() if cells[-1] not in ("—", "…")]
+    assert len(diffs) >= 10 and max(diffs) < 1e-4, out
+    assert "largest GradientTape gradient among the layer's variables" in " ".join(out.split())

@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn
@@ -266,7 +267,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             bar.update(tasks[what], completed=done)
 
         r = evaluate(path, data_dir=args.data, batch_size=args.batch_size, keras_path=keras_path, progress=tick)
-    print(f"{r.model} on {r.n_test} test samples")
+    print(f"{plain(r.model)} on {r.n_test} test samples")
     print(f"  scratch macro-F1 {r.scratch_f1:.4f}  ({r.scratch_seconds:.2f} s, {r.n_test / r.scratch_seconds:,.0f}/s)")
     if r.keras_f1 is not None:
         print(f"  Keras   macro-F1 {r.keras_f1:.4f}  ({r.keras_seconds:.2f} s)")
@@ -358,8 +359,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
         backward = trace_backward(scratch, x, label=args.label)
     path = save_trace(t, args.output, layers=args.layer, everything=args.all, overwrite=args.overwrite,
                       backward=backward)
+    warn_non_finite(t)
     against = "" if backward is None else f" and its backward pass against class {backward.context['label']}"
-    print(f"traced {scratch.name} on {described}{against}: {len(t.layers)} layers → {path} (+ {path.name}.npz)")
+    print(plain(f"traced {scratch.name} on {described}{against}: {len(t.layers)} layers → {path} (+ {path.name}.npz)",
+                limit=600))
     return 0
 
 
@@ -397,7 +400,7 @@ def cmd_grad(args: argparse.Namespace) -> int:
         tf_g = keras_gradients(load_keras(keras_path), x if not scratch.takes_text else np.array(x, object), y)
     labels = scratch.meta.get("labels") or [str(k) for k in range(n_classes)]
     console = Console()
-    console.print(f"{scratch.name} on {described}, label {label} ({labels[label]}): loss {g.loss:.6f}"
+    console.print(f"{shown(scratch.name)} on {shown(described)}, label {label} ({shown(labels[label])}): loss {g.loss:.6f}"
                   + (f"  (GradientTape: {tf_g['loss']:.6f})" if tf_g else ""))
 
     def diff(got, want, scale: float | None = None) -> str:
@@ -413,7 +416,7 @@ def cmd_grad(args: argparse.Namespace) -> int:
     for name in reversed(list(g.outputs)):
         out = g.outputs[name]
         norm = "—" if out is None or isinstance(out, tuple) else f"{float(np.linalg.norm(out)):.4e}"
-        table.add_row(name, norm, diff(out, tf_g["outputs"].get(name)) if tf_g else "…")
+        table.add_row(shown(name), norm, diff(out, tf_g["outputs"].get(name)) if tf_g else "…")
     console.print(table)
     weights = Table(title="dL/d(variable), every trainable Keras variable",
                     caption="vs GradientTape: max |Δ| ÷ the largest GradientTape gradient among the layer's variables")
@@ -435,7 +438,7 @@ def cmd_grad(args: argparse.Namespace) -> int:
             top = float(np.abs(np.asarray(found, np.float64)).max(initial=0.0))
             layer_scale[path_.split("/")[0]] = max(layer_scale.get(path_.split("/")[0], 0.0), top)
     for path_, grad_ in g.weights.items():
-        weights.add_row(path_, "×".join(map(str, np.shape(grad_))), f"{float(np.linalg.norm(grad_)):.4e}",
+        weights.add_row(shown(path_), "×".join(map(str, np.shape(grad_))), f"{float(np.linalg.norm(grad_)):.4e}",
                         diff(grad_, tape_weight(path_), layer_scale.get(path_.split("/")[0])) if tf_g else "…")
     console.print(weights)
     if g.inputs is not None:
@@ -464,11 +467,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.backward:
         return compare_backward_pass(scratch, load_keras(keras_path), x, described, args.label)
     rows = compare(scratch, load_keras(keras_path), x)
-    table = Table(title=f"{scratch.name} on {described}: scratch vs Keras (rtol {RTOL:g}, atol {ATOL:g})")
+    table = Table(title=f"{shown(scratch.name)} on {shown(described)}: scratch vs Keras (rtol {RTOL:g}, atol {ATOL:g})")
     for col in ("layer", "class", "output shape", "max |Δ|", ""):
         table.add_column(col)
     for r in rows:
-        table.add_row(r.layer, r.layer_class, str(r.shape), f"{r.max_abs_diff:.2e}",
+        table.add_row(shown(r.layer), shown(r.layer_class), str(r.shape), f"{r.max_abs_diff:.2e}",
                       "[green]pass[/green]" if r.passed else "[red]FAIL[/red]")
     Console().print(table)
     return 0 if all(r.passed for r in rows) else 1
@@ -489,8 +492,8 @@ def compare_backward_pass(scratch, keras_model, x, described: str, label: int | 
     _, diffs = compare_backward(t, keras_model)
     names = t.context.get("labels") or []
     k = t.context["label"]
-    table = Table(title=f"{scratch.name} on {described}, loss against class {k}"
-                        f"{f' ({names[k]})' if k < len(names) else ''}: scratch vs tf.GradientTape "
+    table = Table(title=f"{shown(scratch.name)} on {shown(described)}, loss against class {k}"
+                        f"{f' ({shown(names[k])})' if k < len(names) else ''}: scratch vs tf.GradientTape "
                         f"(max |g − g_tf| / max |g_tf| ≤ {GRADIENT_REL:g})")
     for col in ("layer", "class", "gradient", "‖g‖", "max rel |Δ|", ""):
         table.add_column(col)
@@ -501,10 +504,23 @@ def compare_backward_pass(scratch, keras_model, x, described: str, label: int | 
         what = "the loss" if name == "loss" else "∂L/∂x (input)" if name == "input" else \
             "∂L/∂z (checked: ∂L/∂x)" if e is not None and e.from_loss else "∂L/∂y"
         norm = f"{t.context['loss']:.4e}" if name == "loss" else "" if e is None else f"{e.norm:.4e}"
-        table.add_row(name, cls, what, norm, "—" if d is None else f"{d[0]:.2e}",
+        table.add_row(shown(name), shown(cls), what, norm, "—" if d is None else f"{d[0]:.2e}",
                       "" if d is None else "[green]pass[/green]" if d[1] else "[red]FAIL[/red]")
     Console().print(table)
     return 0 if all(ok for _, ok in diffs.values()) else 1
+
+
+def warn_non_finite(t) -> None:
+    """One line on stderr naming the first layer whose output holds inf or NaN (float32 overflow:
+    weights or inputs too large), instead of NumPy's warnings."""
+    import numpy as np
+
+    for name, _ in t.layers:
+        y = t.output(name)
+        if isinstance(y, np.ndarray) and y.dtype.kind == "f" and not np.isfinite(y).all():
+            print(f"nntrace: note: layer '{plain(name)}' gives infinite or NaN values (float32 overflow, or an "
+                  "invalid operation), and so does every layer that reads it", file=sys.stderr)
+            return
 
 
 def check_label(scratch, label: int | None) -> None:
@@ -546,6 +562,7 @@ def run_app(make_app) -> int:
 
     from nntrace.views.app_log import stderr_to_log
 
+    check_terminal()
     loop = asyncio.new_event_loop()
     executor = ThreadPoolExecutor(thread_name_prefix=APP_THREADS)
     loop.set_default_executor(executor)
@@ -562,6 +579,22 @@ def run_app(make_app) -> int:
     loop.run_until_complete(loop.shutdown_asyncgens())
     loop.close()
     return app.return_code or 0
+
+
+def check_terminal() -> None:
+    """InputError unless the app has a terminal to draw on and read keys from, or runs in a browser
+    tab of `nntrace serve` (Textual's web driver): with input from a file or /dev/null it would
+    wait for keys that never come."""
+    from nntrace.models.inputs import InputError
+
+    if os.environ.get("TEXTUAL_DRIVER"):
+        return
+    missing = [name for name, stream in (("input", sys.stdin), ("output", sys.stdout))
+               if stream is None or not stream.isatty()]
+    if missing:
+        raise InputError(f"the app needs a terminal, and standard {' and '.join(missing)} "
+                         f"{'is' if len(missing) == 1 else 'are'} not one; `nntrace serve` shows it in a browser, "
+                         "`nntrace trace` records a pass to a file")
 
 
 def end_process(code: int) -> NoReturn:
@@ -974,6 +1007,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def plain(text: object, limit: int = 200) -> str:
+    """Text from a file or the command line as the terminal should print it: without control and
+    format characters (escape sequences, bidi overrides), cut to `limit` characters."""
+    from nntrace.tracer.sanitize import clean_text
+
+    return clean_text(str(text), limit)
+
+
+def shown(text: object, limit: int = 200) -> str:
+    """`plain`, escaped for Rich markup (a `[` in a layer name is printed, not read as a style)."""
+    from nntrace.tracer.sanitize import escape_markup
+
+    return escape_markup(plain(text, limit))
+
+
 def one_line(message: str) -> str:
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
@@ -993,7 +1041,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if not getattr(args, "func", None):  # plain `nntrace`: the shipped CNN on a default image
             args = build_parser().parse_args(["cnn"])
-        return args.func(args)
+        with warnings.catch_warnings():  # overflow shows as one note (`warn_non_finite`), not NumPy's warnings
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return args.func(args)
     except NNTraceError as exc:
         message = str(exc)
     except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
@@ -1001,7 +1051,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nntrace: interrupted", file=sys.stderr)
         return 130
-    print(f"nntrace: {one_line(message)}", file=sys.stderr)
+    print(f"nntrace: {plain(one_line(message), limit=1000)}", file=sys.stderr)
     return 2
 
 

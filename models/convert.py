@@ -16,6 +16,7 @@ import numpy as np
 from nntrace.layers import LAYER_CLASSES, SUPPORTED_LAYERS, Layer, ModelStructureError, UnsupportedLayerError
 from nntrace.layers.errors import ModelFileError, UnsafeModelError
 from nntrace.models.graph import Graph, Node, Ref, scope_path
+from nntrace.tracer.sanitize import first_unprintable
 
 #: Augmentation layers are identity at inference (Keras skips them when training=False).
 INFERENCE_IDENTITY = {"RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom", "RandomContrast",
@@ -386,6 +387,10 @@ def convert(model) -> tuple[list[Layer], dict, Graph]:
     layers, built = [], {}
     for knode in kgraph.nodes:
         name = knode.node.layer
+        where = first_unprintable(name)
+        if where is not None:
+            raise ModelStructureError(f"a {type(knode.klayer).__name__} layer's name holds a control or format "
+                                      f"character ({where}); nntrace needs layer names of printable text")
         if name not in built:
             spec = layer_spec(knode.klayer)
             spec["config"]["name"] = name

@@ -17,6 +17,7 @@ from nntrace.models.convert import ZIP_ERRORS, build_layer, check_zip_file
 from nntrace.models import gradients as backprop
 from nntrace.models.graph import Graph, check_batches, run
 from nntrace.tracer.recorder import NULL_TRACER
+from nntrace.tracer.sanitize import first_unprintable
 
 FORMAT = "nntrace-scratch"
 FORMAT_VERSION = 1
@@ -410,9 +411,22 @@ def _field(arch: dict, key: str, ok: Callable[[Any], bool], expected: str, path:
     return value
 
 
+#: Values one sample of a model's input may hold (256 MB of float32): a larger declared shape is
+#: refused before anything is allocated for it.
+MAX_SAMPLE_VALUES = 1 << 26
+
+
+def check_text(value: str, what: str, path: Path) -> None:
+    """ModelFileError when a string from the file holds a character a terminal would act on."""
+    where = first_unprintable(value)
+    if where is not None:
+        raise ModelFileError(f"'{path}': the architecture's '{what}' holds a control or format character "
+                             f"({where}); names and labels must be printable text")
+
+
 def check_architecture(arch: dict, path: Path) -> None:
     """ModelFileError naming the first field that is not what `save_weights` writes."""
-    _field(arch, "name", lambda v: isinstance(v, str), "a string", path)
+    check_text(_field(arch, "name", lambda v: isinstance(v, str), "a string", path), "name", path)
     _field(arch, "kind", lambda v: isinstance(v, str), "a string", path)
     info = _field(arch, "input", lambda v: isinstance(v, dict), "an object with 'shape' and 'dtype'", path)
     shape = info.get("shape")
@@ -420,6 +434,9 @@ def check_architecture(arch: dict, path: Path) -> None:
             d is None or (type(d) is int and d > 0) for d in shape)):
         raise ModelFileError(f"'{path}': the architecture's 'input.shape' must be a list of positive integers "
                              f"or nulls, got {json.dumps(shape)[:60]}")
+    if shape is not None and int(np.prod([d for d in shape[1:] if d is not None], dtype=object)) > MAX_SAMPLE_VALUES:
+        raise ModelFileError(f"'{path}': the architecture's 'input.shape' {json.dumps(shape)[:60]} holds more than "
+                             f"{MAX_SAMPLE_VALUES:,} values per sample; nntrace takes at most that many")
     if not isinstance(info.get("dtype"), (str, type(None))):
         raise ModelFileError(f"'{path}': the architecture's 'input.dtype' must be a string, got "
                              f"{json.dumps(info.get('dtype'))[:60]}")
@@ -427,8 +444,10 @@ def check_architecture(arch: dict, path: Path) -> None:
     if not isinstance(meta, dict):
         raise ModelFileError(f"'{path}': the architecture's 'meta' must be an object, got {json.dumps(meta)[:60]}")
     if "labels" in meta and meta["labels"] is not None:
-        _field(meta, "labels", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
-               "a list of strings", path, "meta.")
+        labels = _field(meta, "labels", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                        "a list of strings", path, "meta.")
+        for k, label in enumerate(labels):
+            check_text(label, f"meta.labels[{k}]", path)
     layers = _field(arch, "layers", lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of layers",
                     path)
     names = set()
@@ -437,10 +456,12 @@ def check_architecture(arch: dict, path: Path) -> None:
         if not isinstance(spec, dict):
             raise ModelFileError(f"'{path}': the architecture's 'layers[{i}]' must be an object with "
                                  f"'class_name' and 'config', got {json.dumps(spec)[:60]}")
-        _field(spec, "class_name", lambda v: isinstance(v, str), "a string", path, where)
+        check_text(_field(spec, "class_name", lambda v: isinstance(v, str), "a string", path, where),
+                   where + "class_name", path)
         config = _field(spec, "config", lambda v: isinstance(v, dict), "an object", path, where)
         name = _field(config, "name", lambda v: isinstance(v, str) and v != "", "a non-empty string", path,
                       where + "config.")
+        check_text(name, where + "config.name", path)
         if name in names:
             raise ModelFileError(f"'{path}': two layers are named '{name}'; layer names must be unique")
         names.add(name)
@@ -475,14 +496,19 @@ def check_runs(model: "ScratchModel", path: Path) -> None:
     """ModelFileError unless the model built from `path` runs on one input of its declared shape:
     layer settings that no Keras model has (strides of 0, a scale of the wrong length, layers
     whose shapes do not follow) show here rather than in the middle of a trace."""
-    x = probe_input(model)
-    if x is None:
-        return
     try:
-        model.forward(x)
+        x = probe_input(model)
+        if x is None:
+            return
+        y = model.forward(x)
     except (*CONFIG_ERRORS, NNTraceError, MemoryError) as exc:
         raise ModelFileError(f"'{path}': the model it describes cannot run on an input of its own shape "
                              f"({type(exc).__name__}: {exc})") from exc
+    labels = model.meta.get("labels")
+    outputs = np.shape(y)[-1] if np.ndim(y) >= 2 else None
+    if labels is not None and outputs is not None and len(labels) != outputs and (len(labels), outputs) != (2, 1):
+        raise ModelFileError(f"'{path}': 'meta.labels' names {len(labels)} class{'' if len(labels) == 1 else 'es'}, but the model gives "
+                             f"{outputs} outputs; there must be one label per output (or two for one sigmoid output)")
 
 
 def build_layers(specs: list[dict], path: Path) -> list[Layer]:

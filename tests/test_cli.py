@@ -109,3 +109,20 @@ def test_the_shipped_gru_and_attention_models_open_in_the_app(kind, event_kind, 
     asyncio.run(run())
     assert cli.main(["compare", kind, "--text", text]) == 0
     assert "FAIL" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["lesson", "3"], ["cnn", "--index", "2"]])
+def test_the_app_without_a_terminal_is_one_line_not_a_spinning_process(tmp_path, argv):
+    """Input from /dev/null: the app would wait for keys that never come (it spun at 90% CPU and
+    a lesson ignored SIGTERM); it says it needs a terminal and exits 2."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "nntrace.cli", *argv], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "NNTRACE_STATE": str(tmp_path / "state")})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        "nntrace: the app needs a terminal, and standard input and output are not one; `nntrace serve` shows it "
+        "in a browser, `nntrace trace` records a pass to a file"]

@@ -275,3 +275,40 @@ def test_the_app_ends_on_sigterm_and_gives_the_terminal_back(tmp_path):
         os.close(fd)
     assert status == 128 + signal.SIGTERM  # ended by the app, not killed by the signal
     assert b"\x1b[?1049l" in restored  # the alternate screen was left: the terminal is usable again
+
+
+def test_a_keras_layer_name_with_a_bidi_override_is_refused_without_echoing_it():
+    import keras
+
+    from nntrace.layers import NNTraceError
+    from nntrace.models import load_scratch
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense\u202eevil")])
+    with pytest.raises(NNTraceError, match=r"a Dense layer's name holds a control or format character "
+                                           r"\(U\+202E at position 5\)") as info:
+        load_scratch(model)
+    assert "\u202e" not in str(info.value)
+
+
+def test_error_messages_reach_the_terminal_without_control_characters(tmp_path, capsys):
+    """A message quoting a file's contents (here a path holding ESC and a C1 CSI) prints as text."""
+    assert cli.main(["trace", str(tmp_path / "m\x1b[2J\x9b31m.npz"), "-o", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nntrace: ") and "m[2J31m.npz" in err
+    assert not any(ch in err for ch in "\x1b\x9b\x07")
+
+
+def test_a_model_that_overflows_gets_one_note_naming_the_layer(tmp_path, capsys):
+    from tests.scratch_models import tiny_cnn
+
+    model = tiny_cnn()
+    layer = next(l for l in model.layers if l.name == "predictions")
+    layer.set_weights([np.full((64, 3), 3e38, np.float32), np.zeros(3, np.float32)])
+    path = model.save_weights(tmp_path / "huge.npz")
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "i.png")
+    assert cli.main(["trace", str(path), "--image", str(tmp_path / "i.png"), "-o", str(tmp_path / "t")]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["nntrace: note: layer 'predictions' gives infinite or NaN values (float32 overflow, "
+                                "or an invalid operation), and so does every layer that reads it"]

@@ -1254,7 +1254,7 @@ def check_recurrent_gradient(line: Line, info: BackwardInfo) -> str | None:
     v, layer = line.values, info.forward
     later = ("dz", "slopes", "gates", "dc", "c_prev", "c", "c_slope", "c_act", "h_prev", "h_in")
     if v["masked"]:
-        fresh = [f for f in later if v[f] is not None]
+        fresh = [f for f in later if v.get(f) is not None]  # a field left out is null
         if fresh:
             return f"a masked step passes its gradients through, but {', '.join(fresh)} are set (expected null)"
     elif v["dz"] is None:
@@ -1264,7 +1264,7 @@ def check_recurrent_gradient(line: Line, info: BackwardInfo) -> str | None:
         return f"field 'dz' has {v['dz'].shape[0]} gate rows; a {v['cell']} cell has {rows}"
     lstm = v["cell"] == "lstm"
     want = (CELL_FIELDS if not v["masked"] else ("dc_next", "dc_prev")) if lstm else ()
-    wrong = [f for f in CELL_FIELDS if (v[f] is not None) != (f in want)]
+    wrong = [f for f in CELL_FIELDS if (v.get(f) is not None) != (f in want)]
     if wrong:
         return (f"fields {', '.join(wrong)} must be {'set' if wrong[0] in want else 'null'} at a "
                 f"{'masked ' if v['masked'] else ''}step of a {v['cell']} cell")

@@ -38,6 +38,15 @@ def clean_text(s: str, limit: int = 200) -> str:
     return "".join(kept)
 
 
+def first_unprintable(s: str) -> str | None:
+    """Where `s` holds a character `printable` rejects, without echoing it (e.g. `U+001B at
+    position 3`); None when every character is plain text."""
+    for k, ch in enumerate(s):
+        if not printable(ch):
+            return f"U+{ord(ch):04X} at position {k}"
+    return None
+
+
 def escape_markup(s: str) -> str:
     """`s` escaped for a Rich markup string (`[` that would open a tag becomes `\\[`)."""
     return escape(s)

@@ -110,6 +110,17 @@ def test_a_single_npy_array_saved_as_npz_is_refused(tmp_path):
     (lambda a: a["layers"][1]["config"].update(strides=[]), "cannot run on an input of its own shape"),
     (lambda a: a["layers"][0]["config"].update(scale=[1, 2]), "cannot run on an input of its own shape"),
     (lambda a: a["layers"][0]["config"].update(scale=float("nan")), "NaN is not a JSON value"),
+    # text a terminal would act on: refused, named by its code point, never echoed
+    (lambda a: a.update(name="\x1b[31mRED\x1b[0m"), r"'name' holds a control or format character \(U\+001B at position 0\)"),
+    (lambda a: a["meta"].update(labels=["cat", "\x1b[2Jdog", "ship"]), r"'meta.labels\[1\]' holds .*U\+001B"),
+    (lambda a: a["meta"].update(labels=["cat", "dog", "s\u202ehip"]), r"'meta.labels\[2\]' holds .*U\+202E at position 1"),
+    (lambda a: a["layers"][1]["config"].update(name="conv\n2d"), r"'layers\[1\].config.name' holds .*U\+000A"),
+    (lambda a: a["layers"][1].update(class_name="Conv\x9b2D"), r"'layers\[1\].class_name' holds .*U\+009B"),
+    # labels that do not match the outputs, and an input no machine could hold
+    (lambda a: a["meta"].update(labels=["only"]), "'meta.labels' names 1 class, but the model gives 3 outputs"),
+    (lambda a: a["meta"].update(labels=[]), "'meta.labels' names 0 classes, but the model gives 3 outputs"),
+    (lambda a: a["input"].update(shape=[None, 100000, 100000, 100000]),
+     r"'input.shape' \[null, 100000, 100000, 100000\] holds more than 67,108,864 values per sample"),
 ])
 def test_malformed_architecture_json_names_the_field(tmp_path, change, message):
     arch = architecture()

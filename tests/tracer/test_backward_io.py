@@ -406,3 +406,20 @@ def test_trace_backward_command_end_to_end(tmp_path, cnn_files, capsys):
     assert "--label 99" in capsys.readouterr().err
     assert cli.main(["trace", str(cnn_files), "-o", str(tmp_path / "x.nntrace"), "--label", "1"]) == 2
     assert "--backward" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field", ["h_in", "h_prev", "dc_prev"])
+def test_a_masked_recurrent_step_may_leave_out_its_null_fields_not_its_set_ones(lstm_file, field):
+    """A field a masked step leaves null may also be left out (it raised KeyError); one it sets
+    (an LSTM's dc_prev) is missing and named."""
+    def drop(lines):
+        backward_line(lines, "recurrent_gradient", masked=True).pop(field, None)
+
+    edit(lstm_file, drop)
+    if field == "dc_prev":
+        with pytest.raises(TraceFormatError, match="recurrent_gradient of 'bidirectional_1' lacks the fields dc_prev"):
+            load_traces(lstm_file)
+        return
+    _, backward = load_traces(lstm_file)
+    steps = [e for es in backward.recorded_steps.values() for e in es if e.kind == "recurrent_gradient" and e.masked]
+    assert steps and all(getattr(e, field) is None for e in steps)

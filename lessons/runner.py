@@ -170,7 +170,8 @@ def resolve_layer(selector: str, trace) -> str:
 
 
 def most_active_filter(trace, layer: str) -> int:
-    return int(np.argmax(np.abs(trace.output(layer)).mean(axis=(0, 1))))
+    """The filter whose output rises highest anywhere on the picture (a detector that fires)."""
+    return int(np.argmax(trace.output(layer).max(axis=(0, 1))))
 
 
 def strongest_interior_cell(trace, layer: str, event) -> tuple[int, int]:
@@ -751,10 +752,18 @@ class LessonSession:
         self.sgd = sgd_step(self.step.sgd, self.current, self.event, self.layer) if self.step.sgd else None
 
     def hidden(self) -> frozenset:
-        """The quantities the screen withholds: the open question's, and for the whole step those a
-        later question asks for (the step's own `hide`)."""
+        """The quantities the screen withholds: the open question's; for the whole step those a
+        later question asks for (the step's own `hide`); and those the later questions at this same
+        place withhold, so that answering one question never shows the next one's answer."""
         q = self.step.question
-        return frozenset(self.step.hide) | (frozenset(q.hide) if q and not self.answered else frozenset())
+        return (frozenset(self.step.hide) | (frozenset(q.hide) if q and not self.answered else frozenset())
+                | self.hidden_for_later())
+
+    def hidden_for_later(self) -> frozenset:
+        """What the questions of the following steps at this step's place (the same `goto`) hide."""
+        later = self.lesson.steps[self.index + 1:]
+        return frozenset(name for step in later if step.question and step.goto == self.step.goto
+                         for name in step.question.hide)
 
     def expected(self) -> float | str:
         return expected_answer(self.step.question, self.current, self.sgd or self.event, self.report, self.unit,
@@ -854,4 +863,6 @@ def task_done(task: Task, replay, original, goto: dict | None) -> tuple[bool, st
 def format_answer(value: float | str) -> str:
     if isinstance(value, str):
         return value
-    return f"{value:g}" if float(value).is_integer() else f"{value:.4f}"
+    if float(value).is_integer():
+        return f"{value:g}"
+    return f"{value:.4g}" if abs(value) < 0.1 else f"{value:.4f}"  # 4 significant digits below 0.1, as printed

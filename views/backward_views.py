@@ -367,19 +367,28 @@ def recurrent_gradient_view(ctx: ViewContext) -> Group:
     tokens = ctx.trace.context.get("tokens") or []
     padded = [ev for ev in sweep if ev.time < len(tokens) and not tokens[ev.time]]
     norms = Text("‖δh‖ per token (how much gradient reaches each step):\n", style="dim")
+    # `earlier_norms` withholds every norm but the selected step's and the one a step back from it
+    # (backpropagation runs against the sweep: to time − 1 in a forward sweep, time + 1 backward)
+    back = e.time - 1 if e.direction != "backward" else e.time + 1
+
+    def norm_shown(ev, text: str) -> str:
+        return ctx.shown("earlier_norms", ctx.shown("norm", text)) if ev.time not in (e.time, back) \
+            else ctx.shown("norm", text)
+
     for ev in sweep:
         if ev in padded and ev is not e:
             continue
         label = token_label(ctx.trace, ev.time).strip("'")[:10]
         mark = "reverse" if ev.time == e.time else ""
         norms.append(f"{ev.time:>3} {label:<10} ", style=mark)
-        norms.append(f"{ctx.shown('norm', plain(ev.norm))} {ctx.shown('norm', bar(ev.norm / (maps[-1].scale.hi or 1.0), 20))}\n",
+        norms.append(f"{norm_shown(ev, plain(ev.norm))} {norm_shown(ev, bar(ev.norm / (maps[-1].scale.hi or 1.0), 20))}\n",
                      style="dim" if ev.masked else "")
     if padded:
         values = {plain(ev.norm) for ev in padded}
-        shown = ctx.shown("norm", values.pop() if len(values) == 1 else "various")
-        norms.append(f"    positions {padded[0].time}–{padded[-1].time} [pad]: {shown} (masked steps pass it on)\n",
-                     style="dim")
+        zero = all(float(ev.norm) == 0.0 for ev in padded)
+        shown = ctx.shown("earlier_norms", ctx.shown("norm", values.pop() if len(values) == 1 else "various"))
+        why = "no gradient reaches the padding" if zero else "masked steps pass δh on unchanged"
+        norms.append(f"    positions {padded[0].time}–{padded[-1].time} [pad]: {shown} ({why})\n", style="dim")
     pictures = fit([stack(Text(m.title, style="bold"), m.block()) for m in maps[:-1]], ctx.width, gap=2)
     axes = Text("rows: units; columns: token positions; white: the selected unit and token", style="dim")
     return Group(head, recurrent_gradient_equations(ctx), norms, legends(maps[:1]), pictures, axes)

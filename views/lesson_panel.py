@@ -25,7 +25,8 @@ class AnswerBox(Input):
 
 class LessonPanel(Vertical):
     DEFAULT_CSS = """
-    LessonPanel { height: auto; max-height: 50%; border-top: heavy $accent; padding: 0 1; }
+    LessonPanel { height: auto; max-height: 50%; border-top: heavy $accent; border-title-style: bold;
+                  border-title-align: left; padding: 0 1; }
     LessonPanel > VerticalScroll { height: auto; max-height: 6; }
     LessonPanel Markdown { margin: 0; }
     LessonPanel > #question { height: auto; }
@@ -45,7 +46,9 @@ class LessonPanel(Vertical):
 
     def show(self, title: str, number: int, total: int, text: str, prompt: str | None,
              options: list[str] | None, kind: str | None) -> None:
-        self.query_one("#lesson-text", Markdown).update(f"**{title}** — step {number}/{total}\n\n{text.strip()}")
+        # the title and step count sit on the panel's top border, so every text row holds the text
+        self.border_title = f"{title} — step {number}/{total}"
+        self.query_one("#lesson-text", Markdown).update(text.strip())
         question = Text()
         if prompt:
             label = {"compute": "Compute: ", "predict": "Predict: ", "task": "Your turn: "}.get(kind or "", "")

@@ -112,7 +112,17 @@ def test_each_question_shows_its_operands_and_withholds_its_answer(lesson, index
             await pilot.press(*typed, "enter")
             await pilot.pause()
             assert play.answered and play.tries == 0
-            assert play.hidden() == frozenset(play.step.hide)  # only what the step keeps for a later question
+            # only what the step keeps for a later question
+            assert play.hidden() == frozenset(play.step.hide) | play.hidden_for_later()
+            screen = screen_text(app)
+            for later in range(index + 1, len(lesson.steps)):  # no later question's answer is shown yet
+                step = lesson.steps[later]
+                if step.question is None or step.goto != play.step.goto or step.question.kind != "compute":
+                    continue
+                ahead = LessonSession(lesson, play.trace, Progress.load(), play.report, start=later).expected()
+                if isinstance(ahead, float) and not ahead.is_integer():
+                    for form in answer_forms(ahead):
+                        assert form not in screen, f"step {later + 1}'s answer {form} shows once step {index + 1} is answered"
 
     asyncio.run(run())
 
@@ -352,3 +362,37 @@ def test_unit_rules_read_operands_and_nearer_answers_for_gru_and_attention_steps
     assert [expected_answer(nearer, None, step, unit=u) for u in (0, 1)] == ["h_prev", "candidate"]
     with pytest.raises(KeyError, match="as close"):  # z = 0.5: halfway, no answer
         expected_answer(nearer, None, step, unit=2)
+
+
+@pytest.mark.parametrize("number", [21, 22])
+def test_backprop_through_time_shows_one_step_back_and_hides_the_rest(number, traces):
+    """‖δh‖ at the last real token and one step back are on screen: the factor of one step, from
+    which the learner predicts the sweep; every earlier norm is withheld until the answer, and the
+    answer is what repeating that factor predicts."""
+    lesson = next(l for l in LESSONS if l.number == number)
+
+    async def run():
+        app, play = await open_question(lesson, 0, traces, (120, 40))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            screen = screen_text(app)
+            e = play.event
+            sweep = {ev.time: ev for ev in app.replay.sweep() if not ev.masked}
+            tokens = play.current.context["tokens"]
+            rows = {t: line for t in sweep for line in screen.splitlines()
+                    if re.match(rf"\s*{t} {re.escape(tokens[t][:10])}\s", line)}
+            assert len(rows) == len(sweep) >= 4
+            for t, line in rows.items():
+                if t in (e.time, e.time - 1):
+                    assert plain(sweep[t].norm) in line, line
+                else:
+                    assert plain(sweep[t].norm) not in line and "?" in line, line
+            factor = sweep[e.time - 1].norm / sweep[e.time].norm
+            predicted = tokens[min(sweep) if factor > 1 else e.time]
+            assert play.expected() == predicted
+            await pilot.press(*predicted, "enter")
+            await pilot.pause()
+            screen = screen_text(app)
+            assert all(plain(ev.norm) in screen for ev in sweep.values())
+
+    asyncio.run(run())

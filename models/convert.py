@@ -99,6 +99,19 @@ def check_no_code(config: dict, path: Path) -> None:
                 "safety; rebuild it with built-in Keras layers instead of a Lambda")
 
 
+def keras_error_detail(exc: Exception, limit: int = 300) -> str:
+    """The gist of a Keras load error: its first line, and when that only introduces the cause
+    ("… Example error message for object <Dense …>:") the cause's first sentence too."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    detail = lines[0]
+    if detail.endswith(":") and len(lines) > 1:
+        cause = lines[1].split(" Target variable:")[0]
+        detail = f"{detail} {cause}"
+    return detail if len(detail) <= limit else detail[:limit - 1] + "…"
+
+
 def load_keras(model_or_path: Any):
     """A `keras.Model` as is, or one loaded from a `.keras` path with `safe_mode=True`.
 
@@ -118,7 +131,7 @@ def load_keras(model_or_path: Any):
     try:
         return keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # Keras reports a damaged model with many exception types
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = keras_error_detail(exc)
         if "safe_mode" in str(exc):
             raise UnsafeModelError(f"'{path}': the model contains code that nntrace does not run, for safety "
                                    f"(Keras safe mode: {detail})") from exc

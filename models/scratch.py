@@ -116,9 +116,20 @@ class ScratchModel:
                                           f"shape {x.shape}")
                 return {name: x}, {first.name: x}  # token ids: skip the tokenizer
             return {name: x}, {}
-        x = np.asarray(x)
+        x = self.as_array(x)
         self.check_input(x, self.input_info.get("shape"), self.layer(graph.nodes[0].layer))
         return {name: x}, {}
+
+    def as_array(self, x: Any) -> np.ndarray:
+        """`x` as one NumPy array; InputShapeError for None or nested lists of uneven lengths."""
+        expected = "an array (or nested lists) of numbers"
+        if x is None:
+            raise InputShapeError(self.name, type(self).__name__, expected, "None")
+        try:
+            return np.asarray(x)
+        except ValueError:
+            raise InputShapeError(self.name, type(self).__name__, expected,
+                                  "nested lists of uneven lengths") from None
 
     @staticmethod
     def check_input(x: np.ndarray, expected: list | None, first: Layer) -> None:
@@ -192,6 +203,12 @@ class ScratchModel:
 
     def predict_proba(self, x: Any, batch_size: int = 256) -> np.ndarray:
         """Class probabilities `(n, classes)`, computed in batches of `batch_size`."""
+        if len(self.graph.inputs) == 1 and not self.takes_text:
+            x = self.as_array(x)
+            if x.ndim == 0:
+                self.prepare(x)  # the first layer's shape error
+        elif x is None:
+            raise InputShapeError(self.name, type(self).__name__, "a batch of inputs", "None")
         n = self.batch_length(x)
         if n == 0:
             raise InputShapeError(self.name, type(self).__name__, "at least one sample", "an empty batch")
@@ -238,6 +255,8 @@ class ScratchModel:
         replaced only with `overwrite=True`.
         """
         path = Path(path)
+        if path.is_dir() or not path.name:
+            raise IsADirectoryError(21, "is a directory; give the weights file a name (e.g. model.npz)", str(path))
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
         if path.exists() and not overwrite:
@@ -572,6 +591,14 @@ def container_for(layers: list[Layer]) -> type[ScratchModel]:
 
 def load_scratch(path_or_model: Any) -> ScratchModel:
     """The right container for a `.npz` (no TensorFlow), a `.keras` path or a `keras.Model`."""
+    if isinstance(path_or_model, (str, Path)):
+        path = Path(path_or_model)
+        if path.suffix not in (".npz", ".keras"):  # (a model file's own loader names its problems)
+            if path.is_dir():
+                raise IsADirectoryError(21, "is a directory, not a model file (.npz or .keras)", str(path))
+            if not path.exists():
+                raise FileNotFoundError(2, "no such model file", str(path))
+            raise ModelStructureError(f"'{path}': expected a model file: a scratch model '.npz' or a Keras v3 '.keras'")
     if isinstance(path_or_model, (str, Path)) and Path(path_or_model).suffix == ".npz":
         generic = ScratchModel().load_weights(path_or_model)
         model = container_for(generic.layers)(generic.layers, generic.name, generic.input_info, generic.meta,

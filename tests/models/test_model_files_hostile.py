@@ -358,3 +358,44 @@ def test_fuzz_weight_arrays(fuzz_dir, kind, data):
         else:
             arrays[key] = data.draw(ARRAYS, label="value")
     loads_or_refuses(write_npz(fuzz_dir / "weights.npz", arrays))
+
+
+@pytest.mark.parametrize("given, message", [
+    (None, "expects input an array .* got None"),
+    ([[1.0, 2.0], [3.0]], "got nested lists of uneven lengths"),
+    ("abc", "expects input of shape \\(batch, 8, 8, 3\\), got shape \\(\\)"),
+])
+def test_predict_proba_on_what_is_not_a_batch_is_one_clear_error(given, message):
+    with pytest.raises(NNTraceError, match=message):
+        tiny_cnn().predict_proba(given)
+
+
+def test_a_path_that_is_not_a_model_file_is_named(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory, not a model file"):
+        load_scratch(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        load_scratch(tmp_path / "nothing.txt")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(NNTraceError, match="expected a model file: a scratch model '.npz' or a Keras v3 '.keras'"):
+        load_scratch(tmp_path / "notes.txt")
+
+
+def test_a_keras_file_whose_weights_do_not_fit_says_why(tmp_path):
+    import keras
+
+    small = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="head")])
+    small.save(tmp_path / "three.keras")
+    config = json.loads(zipfile.ZipFile(tmp_path / "three.keras").read("config.json"))
+    config["config"]["layers"][-1]["config"]["units"] = 5  # the stored kernel is 4×3
+    with zipfile.ZipFile(tmp_path / "three.keras") as src, zipfile.ZipFile(tmp_path / "five.keras", "w") as dst:
+        for item in src.infolist():
+            dst.writestr(item, json.dumps(config) if item.filename == "config.json" else src.read(item))
+    with pytest.raises(NNTraceError, match=r"variable.shape=\(4, 5\), Received: value.shape=\(4, 3\)") as info:
+        load_scratch(tmp_path / "five.keras")
+    assert "\n" not in str(info.value) and len(str(info.value)) < 500
+
+
+def test_save_weights_to_a_directory_asks_for_a_file_name(tmp_path):
+    with pytest.raises(IsADirectoryError, match="give the weights file a name"):
+        tiny_cnn().save_weights(tmp_path)
+    assert list(tmp_path.iterdir()) == []

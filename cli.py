@@ -361,8 +361,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
                       backward=backward)
     warn_non_finite(t)
     against = "" if backward is None else f" and its backward pass against class {backward.context['label']}"
-    print(plain(f"traced {scratch.name} on {described}{against}: {len(t.layers)} layers → {path} (+ {path.name}.npz)",
-                limit=600))
+    size = sum(p.stat().st_size for p in (path, path.with_name(path.name + ".npz")) if p.exists())
+    print(plain(f"traced {scratch.name} on {described}{against}: {len(t.layers)} layers → {path} (+ {path.name}.npz; "
+                f"{size / 1e6:,.1f} MB together)", limit=600))
     return 0
 
 

@@ -347,7 +347,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
         raise UsageError("--label chooses the class of the backward pass: pass it with --backward")
     check_label(scratch, args.label)
     x, described, _, _ = model_input(args, scratch)
-    t = trace(scratch, x)
+    with warnings.catch_warnings():  # overflow shows as one note (`warn_non_finite`), not NumPy's warnings
+        warnings.simplefilter("ignore", RuntimeWarning)
+        t = trace(scratch, x)
     backward = None
     if args.backward:
         from nntrace.models.backward_trace import trace_backward
@@ -563,7 +565,6 @@ def run_app(make_app) -> int:
 
     from nntrace.views.app_log import stderr_to_log
 
-    check_terminal()
     loop = asyncio.new_event_loop()
     executor = ThreadPoolExecutor(thread_name_prefix=APP_THREADS)
     loop.set_default_executor(executor)
@@ -669,6 +670,7 @@ def busy_threads(seconds: float) -> list[threading.Thread]:
 def cmd_view(args: argparse.Namespace) -> int:
     from nntrace.tui import NNTraceApp
 
+    check_terminal()
     session, scratch = open_session(args)
     return run_app(lambda log: NNTraceApp(session, scratch, log=log))
 
@@ -677,6 +679,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from nntrace.tracer.io import load_traces
     from nntrace.tui import NNTraceApp, Session
 
+    check_terminal()
     t, backward = load_traces(args.file)
     described = t.context.get("text") and f'"{t.context["text"]}"' or f"replay of {args.file}"
     return run_app(lambda log: NNTraceApp(Session(t, described, None, "replaying a recorded trace: Keras is not loaded",
@@ -877,6 +880,7 @@ def cmd_lesson(args: argparse.Namespace) -> int:
     if args.number not in lessons:
         print(f"nntrace: no lesson {args.number}; lessons: {', '.join(map(str, sorted(lessons)))}", file=sys.stderr)
         return 2
+    check_terminal()
     lesson = lessons[args.number]
     progress = Progress.load()
     if args.reset:
@@ -1042,9 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if not getattr(args, "func", None):  # plain `nntrace`: the shipped CNN on a default image
             args = build_parser().parse_args(["cnn"])
-        with warnings.catch_warnings():  # overflow shows as one note (`warn_non_finite`), not NumPy's warnings
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return args.func(args)
+        return args.func(args)
     except NNTraceError as exc:
         message = str(exc)
     except (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:

@@ -81,8 +81,15 @@ class BatchNormalization(Layer):
         if "gamma" in w:
             inv_std = (1.0 / np.sqrt(w["moving_variance"] + np.float32(self.config.get("epsilon", 1e-3)))).astype(
                 np.float32)
-            dy_x = vector_ops.channel_dot_sums(rows, as_float32(x).reshape(rows.shape))  # Σ dy·x per channel
-            grads["gamma"] = (dy_x - w["moving_mean"] * d_beta) * inv_std
+            # Σ dy·(x − mean) per channel. Where a mean lies many standard deviations from 0,
+            # Σ dy·x − mean·Σ dy would cancel the digits away: the mean is taken off block by block
+            # first (as Keras computes x − mean); elsewhere the cheaper form loses nothing.
+            mean = w["moving_mean"]
+            far = bool(np.any(np.abs(mean) * inv_std > 4))
+            x_rows = as_float32(x).reshape(rows.shape)
+            centred = (vector_ops.channel_dot_sums(rows, x_rows, mean) if far
+                       else vector_ops.channel_dot_sums(rows, x_rows) - mean * d_beta)
+            grads["gamma"] = centred * inv_std
         if "beta" in w:
             grads["beta"] = d_beta
         return vector_ops.scale_shift(dy, self.multiplier), grads

@@ -98,15 +98,23 @@ def channel_sums(x: np.ndarray) -> np.ndarray:
     return total.astype(np.float32)
 
 
-def channel_dot_sums(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Σ a·b over every axis but the last, for `a` and `b` of one shape `(…, channels)`:
-    `(channels,)` float32, summed in groups of `SUM_ROWS` rows as `channel_sums` does (one pass,
-    no product array)."""
+def channel_dot_sums(a: np.ndarray, b: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
+    """Σ a·(b − shift) over every axis but the last, for `a` and `b` of one shape `(…, channels)`
+    and `shift` `(channels,)` (default 0): `(channels,)` float32, summed in groups of `SUM_ROWS`
+    rows as `channel_sums` does. The shift is taken a block at a time (no full-size difference
+    array): Σ a·b − shift·Σ a would cancel away the digits when `b` sits far from 0."""
     a2 = np.ascontiguousarray(a, np.float32).reshape(-1, a.shape[-1])
     b2 = np.ascontiguousarray(b, np.float32).reshape(a2.shape)
-    whole = a2.shape[0] // SUM_ROWS * SUM_ROWS
-    groups = (-1, SUM_ROWS, a2.shape[1])
-    total = np.einsum("gij,gij->gj", a2[:whole].reshape(groups), b2[:whole].reshape(groups)).sum(axis=0, dtype=np.float64)
-    if whole < a2.shape[0]:
-        total += np.einsum("ij,ij->j", a2[whole:].astype(np.float64), b2[whole:])
+    total = np.zeros(a2.shape[1], np.float64)
+    step = max(SUM_ROWS, BLOCK // max(a2.shape[1], 1) // SUM_ROWS * SUM_ROWS)  # whole groups, ~64 KiB
+    for lo in range(0, a2.shape[0], step):
+        x, y = a2[lo:lo + step], b2[lo:lo + step]
+        if shift is not None:
+            y = y - shift
+        whole = x.shape[0] // SUM_ROWS * SUM_ROWS
+        groups = (-1, SUM_ROWS, x.shape[1])
+        total += np.einsum("gij,gij->gj", x[:whole].reshape(groups), y[:whole].reshape(groups)).sum(axis=0,
+                                                                                                     dtype=np.float64)
+        if whole < x.shape[0]:
+            total += np.einsum("ij,ij->j", x[whole:].astype(np.float64), y[whole:])
     return total.astype(np.float32)

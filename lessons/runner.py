@@ -761,6 +761,8 @@ class LessonSession:
 
     def hidden_for_later(self) -> frozenset:
         """What the questions of the following steps at this step's place (the same `goto`) hide."""
+        if not self.step.goto:  # a step without a place of its own
+            return frozenset()
         later = self.lesson.steps[self.index + 1:]
         return frozenset(name for step in later if step.question and step.goto == self.step.goto
                          for name in step.question.hide)
@@ -865,4 +867,6 @@ def format_answer(value: float | str) -> str:
         return value
     if float(value).is_integer():
         return f"{value:g}"
-    return f"{value:.4g}" if abs(value) < 0.1 else f"{value:.4f}"  # 4 significant digits below 0.1, as printed
+    if abs(value) < 0.1:  # 4 significant digits, positional, as the screen prints them
+        return np.format_float_positional(float(value), precision=4, unique=False, fractional=False, trim="-")
+    return f"{value:.4f}"

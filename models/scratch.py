@@ -254,16 +254,20 @@ class ScratchModel:
         The file appears whole or not at all (written beside it, then renamed); an existing file is
         replaced only with `overwrite=True`.
         """
-        path = Path(path)
-        if path.is_dir() or not path.name:
+        if os.path.basename(os.fspath(path)) in ("", ".", ".."):  # `dir/`, `.`, `dir/..`: no file name
             raise IsADirectoryError(21, "is a directory; give the weights file a name (e.g. model.npz)", str(path))
+        path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a directory; give the weights file another name", str(path))
         if path.exists() and not overwrite:
             raise FileExistsError(f"'{path}' exists; pass overwrite=True to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = self.weight_arrays()
-        arrays[ARCH_KEY] = np.array(json.dumps(self.architecture()))
+        arch = self.architecture()
+        check_architecture(arch, path)  # what load_scratch would refuse is not written
+        arrays[ARCH_KEY] = np.array(json.dumps(arch))
         write_atomically(path, lambda f: np.savez(f, **arrays), overwrite)
         return path
 
@@ -515,6 +519,11 @@ def check_runs(model: "ScratchModel", path: Path) -> None:
     """ModelFileError unless the model built from `path` runs on one input of its declared shape:
     layer settings that no Keras model has (strides of 0, a scale of the wrong length, layers
     whose shapes do not follow) show here rather than in the middle of a trace."""
+    for info in model.graph.inputs:  # a stored graph declares its own input shapes
+        shape = info.get("shape") or []
+        if int(np.prod([d for d in shape[1:] if d is not None], dtype=object)) > MAX_SAMPLE_VALUES:
+            raise ModelFileError(f"'{path}': input '{info.get('name')}' of shape {tuple(shape)} holds more than "
+                                 f"{MAX_SAMPLE_VALUES:,} values per sample; nntrace takes at most that many")
     try:
         x = probe_input(model)
         if x is None:

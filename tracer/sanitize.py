@@ -38,11 +38,16 @@ def clean_text(s: str, limit: int = 200) -> str:
     return "".join(kept)
 
 
+#: Format characters that belong to words and emoji (zero-width non-joiner and joiner): a name
+#: may hold them, though `clean_text` drops them on screen.
+JOINERS = frozenset("\u200c\u200d")
+
+
 def first_unprintable(s: str) -> str | None:
-    """Where `s` holds a character `printable` rejects, without echoing it (e.g. `U+001B at
-    position 3`); None when every character is plain text."""
+    """Where `s` holds a character `printable` rejects (joiners aside), without echoing it (e.g.
+    `U+001B at position 3`); None when every character is plain text."""
     for k, ch in enumerate(s):
-        if not printable(ch):
+        if not printable(ch) and ch not in JOINERS:
             return f"U+{ord(ch):04X} at position {k}"
     return None
 

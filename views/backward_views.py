@@ -371,6 +371,11 @@ def recurrent_gradient_view(ctx: ViewContext) -> Group:
     # (backpropagation runs against the sweep: to time − 1 in a forward sweep, time + 1 backward)
     back = e.time - 1 if e.direction != "backward" else e.time + 1
 
+    # while the earlier norms are withheld, the bars are scaled to the two shown (a bar scaled to the
+    # whole sweep would tell how they compare with the hidden ones)
+    visible = [ev.norm for ev in sweep if ev.time in (e.time, back)]
+    top = max(visible) if "earlier_norms" in ctx.hidden and visible else maps[-1].scale.hi
+
     def norm_shown(ev, text: str) -> str:
         return ctx.shown("earlier_norms", ctx.shown("norm", text)) if ev.time not in (e.time, back) \
             else ctx.shown("norm", text)
@@ -381,7 +386,7 @@ def recurrent_gradient_view(ctx: ViewContext) -> Group:
         label = token_label(ctx.trace, ev.time).strip("'")[:10]
         mark = "reverse" if ev.time == e.time else ""
         norms.append(f"{ev.time:>3} {label:<10} ", style=mark)
-        norms.append(f"{norm_shown(ev, plain(ev.norm))} {norm_shown(ev, bar(ev.norm / (maps[-1].scale.hi or 1.0), 20))}\n",
+        norms.append(f"{norm_shown(ev, plain(ev.norm))} {norm_shown(ev, bar(ev.norm / (top or 1.0), 20))}\n",
                      style="dim" if ev.masked else "")
     if padded:
         values = {plain(ev.norm) for ev in padded}

@@ -39,3 +39,32 @@ def test_channel_dot_sums_match_a_float64_sum(rows):
     got = vector_ops.channel_dot_sums(a, b)
     assert got.dtype == np.float32 and got.shape == (5,)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_channel_dot_sums_take_the_shift_off_before_multiplying():
+    """Inputs near 50 with a spread of 0.1: Σ dy·x − 50·Σ dy cancels four digits away; taking the
+    mean off first keeps them (BatchNormalization's γ gradient is Σ dy·(x − mean)/σ)."""
+    rng = np.random.default_rng(5)
+    dy = rng.standard_normal((32768, 4)).astype(np.float32)
+    x = (50 + 0.1 * rng.standard_normal((32768, 4))).astype(np.float32)
+    mean = np.full(4, 50, np.float32)
+    want = (dy.astype(np.float64) * (x.astype(np.float64) - 50)).sum(axis=0)
+    got = vector_ops.channel_dot_sums(dy, x, mean)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    cancelled = vector_ops.channel_dot_sums(dy, x).astype(np.float64) - 50 * vector_ops.channel_sums(dy)
+    assert np.abs(cancelled - want).max() > 10 * np.abs(got - want).max()  # what the shift avoids
+
+
+def test_batch_normalization_gamma_gradient_far_from_zero():
+    from nntrace.layers import BatchNormalization
+
+    rng = np.random.default_rng(6)
+    bn = BatchNormalization("bn")
+    bn.set_weights([np.ones(4, np.float32), np.zeros(4, np.float32), np.full(4, 50, np.float32),
+                    np.full(4, 0.01, np.float32)])
+    x = (50 + 0.1 * rng.standard_normal((8, 64, 64, 4))).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    _, grads = bn.backward(dy, x)
+    inv = 1 / np.sqrt(0.01 + 1e-3)
+    want = (dy.astype(np.float64) * (x.astype(np.float64) - 50)).sum(axis=(0, 1, 2)) * inv
+    assert np.abs(grads["gamma"] - want).max() <= 1e-5 * np.abs(want).max()

@@ -396,6 +396,27 @@ def test_a_keras_file_whose_weights_do_not_fit_says_why(tmp_path):
 
 
 def test_save_weights_to_a_directory_asks_for_a_file_name(tmp_path):
-    with pytest.raises(IsADirectoryError, match="give the weights file a name"):
-        tiny_cnn().save_weights(tmp_path)
+    for given in (f"{tmp_path}/", f"{tmp_path}/.", "."):
+        with pytest.raises(IsADirectoryError, match="give the weights file a name"):
+            tiny_cnn().save_weights(given)
+    (tmp_path / "cnn").mkdir()  # a directory beside: `cnn` still names the file cnn.npz
+    assert tiny_cnn().save_weights(tmp_path / "cnn") == tmp_path / "cnn.npz"
+    (tmp_path / "taken.npz").mkdir()
+    with pytest.raises(IsADirectoryError, match="give the weights file another name"):
+        tiny_cnn().save_weights(tmp_path / "taken")
+
+
+@pytest.mark.parametrize("labels", [["negatif", "netral", "pe\u200cnting"], ["👍", "😐", "👨\u200d💻"]])
+def test_labels_with_joiners_save_and_load(tmp_path, labels):
+    """Zero-width joiners belong to Persian and Hindi words and to emoji sequences: kept."""
+    model = tiny_cnn()
+    model.meta["labels"] = labels
+    assert load_scratch(model.save_weights(tmp_path / "m.npz")).meta["labels"] == labels
+
+
+def test_what_load_would_refuse_is_not_saved(tmp_path):
+    model = tiny_cnn()
+    model.meta["labels"] = ["cat", "\x1b[2Jdog", "ship"]
+    with pytest.raises(ModelFileError, match=r"'meta.labels\[1\]' holds .*U\+001B"):
+        model.save_weights(tmp_path / "m.npz")
     assert list(tmp_path.iterdir()) == []

@@ -565,6 +565,7 @@ def run_app(make_app) -> int:
 
     from nntrace.views.app_log import stderr_to_log
 
+    check_terminal()  # after the input is checked: a bad file is named first
     loop = asyncio.new_event_loop()
     executor = ThreadPoolExecutor(thread_name_prefix=APP_THREADS)
     loop.set_default_executor(executor)
@@ -670,7 +671,6 @@ def busy_threads(seconds: float) -> list[threading.Thread]:
 def cmd_view(args: argparse.Namespace) -> int:
     from nntrace.tui import NNTraceApp
 
-    check_terminal()
     session, scratch = open_session(args)
     return run_app(lambda log: NNTraceApp(session, scratch, log=log))
 
@@ -679,7 +679,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from nntrace.tracer.io import load_traces
     from nntrace.tui import NNTraceApp, Session
 
-    check_terminal()
     t, backward = load_traces(args.file)
     described = t.context.get("text") and f'"{t.context["text"]}"' or f"replay of {args.file}"
     return run_app(lambda log: NNTraceApp(Session(t, described, None, "replaying a recorded trace: Keras is not loaded",
@@ -880,7 +879,6 @@ def cmd_lesson(args: argparse.Namespace) -> int:
     if args.number not in lessons:
         print(f"nntrace: no lesson {args.number}; lessons: {', '.join(map(str, sorted(lessons)))}", file=sys.stderr)
         return 2
-    check_terminal()
     lesson = lessons[args.number]
     progress = Progress.load()
     if args.reset:

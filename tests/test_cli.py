@@ -111,7 +111,7 @@ def test_the_shipped_gru_and_attention_models_open_in_the_app(kind, event_kind, 
     assert "FAIL" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [["lesson", "3"], ["cnn", "--index", "2"]])
+@pytest.mark.parametrize("argv", [["lesson", "3"], ["cnn", "--model", "{tmp}/m.npz", "--image", "{tmp}/i.png"]])
 def test_the_app_without_a_terminal_is_one_line_not_a_spinning_process(tmp_path, argv):
     """Input from /dev/null: the app would wait for keys that never come (it spun at 90% CPU and
     a lesson ignored SIGTERM); it says it needs a terminal and exits 2."""
@@ -119,6 +119,13 @@ def test_the_app_without_a_terminal_is_one_line_not_a_spinning_process(tmp_path,
     import subprocess
     import sys
 
+    from PIL import Image
+
+    from tests.scratch_models import tiny_cnn
+
+    tiny_cnn().save_weights(tmp_path / "m.npz")
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(tmp_path / "i.png")
+    argv = [a.format(tmp=tmp_path) for a in argv]
     done = subprocess.run([sys.executable, "-m", "nntrace.cli", *argv], stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "NNTRACE_STATE": str(tmp_path / "state")})

@@ -1010,6 +1010,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def import_tensorflow_quietly() -> None:
+    """Import Keras (and TensorFlow) with file descriptor 2 closed off: TensorFlow's C++ start-up
+    lines ("All log messages before absl::InitializeLog()", oneDNN's notice) are written there
+    before any setting can stop them. A failed import still raises, and is reported as usual."""
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    sys.stderr.flush()
+    os.dup2(null, 2)
+    try:
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def plain(text: object, limit: int = 200) -> str:
     """Text from a file or the command line as the terminal should print it: without control and
     format characters (escape sequences, bidi overrides), cut to `limit` characters."""
@@ -1044,6 +1059,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if not getattr(args, "func", None):  # plain `nntrace`: the shipped CNN on a default image
             args = build_parser().parse_args(["cnn"])
+        if args.func in (cmd_compare, cmd_grad, cmd_evaluate, cmd_train, cmd_experiments):
+            import_tensorflow_quietly()
         return args.func(args)
     except NNTraceError as exc:
         message = str(exc)

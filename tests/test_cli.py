@@ -133,3 +133,17 @@ def test_the_app_without_a_terminal_is_one_line_not_a_spinning_process(tmp_path,
     assert done.stderr.strip().splitlines() == [
         "nntrace: the app needs a terminal, and standard input and output are not one; `nntrace serve` shows it "
         "in a browser, `nntrace trace` records a pass to a file"]
+
+
+def test_tensorflow_start_up_lines_stay_off_the_terminal(tmp_path):
+    """`grad` loads Keras; TensorFlow's C++ start-up lines (absl, oneDNN) are not printed."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "nntrace.cli", "grad", "attention", "--text", "enak sekali"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NNTRACE_STATE": str(tmp_path / "state")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "GradientTape" in done.stdout
+    assert done.stderr == ""

@@ -384,7 +384,12 @@ def cmd_grad(args: argparse.Namespace) -> int:
     check_view(args.kind, scratch)
     check_input_options(args, scratch)
     x, described, _, _ = model_input(args, scratch)
-    n_classes = int(np.asarray(scratch.forward(x)).shape[-1])
+    output = np.asarray(scratch.forward(x))
+    n_classes = int(output.shape[-1])
+    if output.ndim != 2:
+        raise InputError(f"model '{scratch.name}' gives an output of shape {output.shape[1:]} per input (a class "
+                         "vector per step or per pixel); `nntrace grad` takes a model with one class vector per "
+                         "input; `model.gradients(x, labels)` in Python takes a label per step or pixel")
     if n_classes < 2:
         raise InputError(f"model '{scratch.name}' has a 1-unit output: cross-entropy over one class is always 0, so "
                          "there is no gradient to show; the backward pass needs 2 or more classes "

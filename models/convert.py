@@ -402,8 +402,8 @@ def convert(model) -> tuple[list[Layer], dict, Graph]:
         name = knode.node.layer
         where = first_unprintable(name)
         if where is not None:
-            raise ModelStructureError(f"a {type(knode.klayer).__name__} layer's name holds a control or format "
-                                      f"character ({where}); nntrace needs layer names of printable text")
+            raise ModelStructureError(f"a {type(knode.klayer).__name__} layer's name holds a control character "
+                                      f"or a bidi override ({where}); nntrace needs layer names of printable text")
         if name not in built:
             spec = layer_spec(knode.klayer)
             spec["config"]["name"] = name

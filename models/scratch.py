@@ -267,6 +267,7 @@ class ScratchModel:
         arrays = self.weight_arrays()
         arch = self.architecture()
         check_architecture(arch, path)  # what load_scratch would refuse is not written
+        check_runs(self, path)
         arrays[ARCH_KEY] = np.array(json.dumps(arch))
         write_atomically(path, lambda f: np.savez(f, **arrays), overwrite)
         return path
@@ -443,8 +444,8 @@ def check_text(value: str, what: str, path: Path) -> None:
     """ModelFileError when a string from the file holds a character a terminal would act on."""
     where = first_unprintable(value)
     if where is not None:
-        raise ModelFileError(f"'{path}': the architecture's '{what}' holds a control or format character "
-                             f"({where}); names and labels must be printable text")
+        raise ModelFileError(f"'{path}': the architecture's '{what}' holds a control character or a bidi "
+                             f"override ({where}); names and labels must be printable text")
 
 
 def check_architecture(arch: dict, path: Path) -> None:

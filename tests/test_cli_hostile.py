@@ -284,7 +284,7 @@ def test_a_keras_layer_name_with_a_bidi_override_is_refused_without_echoing_it()
     from nntrace.models import load_scratch
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense\u202eevil")])
-    with pytest.raises(NNTraceError, match=r"a Dense layer's name holds a control or format character "
+    with pytest.raises(NNTraceError, match=r"a Dense layer's name holds a control character or a bidi override "
                                            r"\(U\+202E at position 5\)") as info:
         load_scratch(model)
     assert "\u202e" not in str(info.value)

@@ -38,16 +38,23 @@ def clean_text(s: str, limit: int = 200) -> str:
     return "".join(kept)
 
 
-#: Format characters that belong to words and emoji (zero-width non-joiner and joiner): a name
-#: may hold them, though `clean_text` drops them on screen.
-JOINERS = frozenset("\u200c\u200d")
+#: The bidi embeddings, overrides and isolates: they reorder the text around them on screen.
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def acts_on_terminal(ch: str) -> bool:
+    """True for a character that would change what a terminal shows around it: a control (C0,
+    DEL, C1), a bidi embedding, override or isolate, a line or paragraph separator, a lone
+    surrogate. Other format characters belong to real text (joiners, the soft hyphen, the
+    left-to-right and right-to-left marks, emoji tag sequences) and are let through."""
+    return ch in BIDI_CONTROLS or unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp")
 
 
 def first_unprintable(s: str) -> str | None:
-    """Where `s` holds a character `printable` rejects (joiners aside), without echoing it (e.g.
-    `U+001B at position 3`); None when every character is plain text."""
+    """Where `s` holds a character that `acts_on_terminal`, without echoing it (e.g. `U+001B at
+    position 3`); None when it holds none."""
     for k, ch in enumerate(s):
-        if not printable(ch) and ch not in JOINERS:
+        if acts_on_terminal(ch):
             return f"U+{ord(ch):04X} at position {k}"
     return None
 

@@ -48,3 +48,18 @@ def test_a_gradient_that_is_zero_in_exact_arithmetic_is_measured_against_its_lay
     diffs = [float(cells[-1]) for cells in rows.values() if cells[-1] not in ("—", "…")]
     assert len(diffs) >= 10 and max(diffs) < 1e-4, out
     assert "largest GradientTape gradient among the layer's variables" in " ".join(out.split())
+
+
+def test_grad_on_a_per_pixel_output_says_what_it_takes(tmp_path, capsys):
+    """A class vector per pixel: the command names the output shape instead of a label error
+    about a --label the learner never gave."""
+    import keras
+    from PIL import Image
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 1, activation="softmax")(inputs))
+    path = saved(model, tmp_path, "pixels")
+    Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(tmp_path / "i.png")
+    assert cli.main(["grad", "cnn", "--model", str(path), "--image", str(tmp_path / "i.png")]) == 2
+    err = capsys.readouterr().err
+    assert "gives an output of shape (8, 8, 4) per input" in err and "--label" not in err

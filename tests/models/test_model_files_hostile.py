@@ -111,7 +111,7 @@ def test_a_single_npy_array_saved_as_npz_is_refused(tmp_path):
     (lambda a: a["layers"][0]["config"].update(scale=[1, 2]), "cannot run on an input of its own shape"),
     (lambda a: a["layers"][0]["config"].update(scale=float("nan")), "NaN is not a JSON value"),
     # text a terminal would act on: refused, named by its code point, never echoed
-    (lambda a: a.update(name="\x1b[31mRED\x1b[0m"), r"'name' holds a control or format character \(U\+001B at position 0\)"),
+    (lambda a: a.update(name="\x1b[31mRED\x1b[0m"), r"'name' holds a control character or a bidi override \(U\+001B at position 0\)"),
     (lambda a: a["meta"].update(labels=["cat", "\x1b[2Jdog", "ship"]), r"'meta.labels\[1\]' holds .*U\+001B"),
     (lambda a: a["meta"].update(labels=["cat", "dog", "s\u202ehip"]), r"'meta.labels\[2\]' holds .*U\+202E at position 1"),
     (lambda a: a["layers"][1]["config"].update(name="conv\n2d"), r"'layers\[1\].config.name' holds .*U\+000A"),
@@ -406,17 +406,23 @@ def test_save_weights_to_a_directory_asks_for_a_file_name(tmp_path):
         tiny_cnn().save_weights(tmp_path / "taken")
 
 
-@pytest.mark.parametrize("labels", [["negatif", "netral", "pe\u200cnting"], ["👍", "😐", "👨\u200d💻"]])
-def test_labels_with_joiners_save_and_load(tmp_path, labels):
-    """Zero-width joiners belong to Persian and Hindi words and to emoji sequences: kept."""
+@pytest.mark.parametrize("labels", [["negatif", "netral", "pe\u200cnting"], ["👍", "😐", "👨\u200d💻"],
+                                    ["Zu\u00adcker", "שלום\u200f", "\u061cعربي"],
+                                    ["wj\u2060x", "🏴\U000E0067\U000E0062\U000E0073\U000E0063\U000E0074\U000E007F", "b"]])
+def test_labels_with_the_format_characters_of_real_text_save_and_load(tmp_path, labels):
+    """Joiners (Persian, Hindi, emoji sequences), the soft hyphen, the direction marks, the word
+    joiner and emoji tag sequences belong to real text: kept. Only controls and the bidi
+    embeddings, overrides and isolates are refused."""
     model = tiny_cnn()
     model.meta["labels"] = labels
     assert load_scratch(model.save_weights(tmp_path / "m.npz")).meta["labels"] == labels
 
 
-def test_what_load_would_refuse_is_not_saved(tmp_path):
+@pytest.mark.parametrize("labels, message", [(["cat", "\x1b[2Jdog", "ship"], r"'meta.labels\[1\]' holds .*U\+001B"),
+                                             (["cat", "dog"], "names 2 classes, but the model gives 3 outputs")])
+def test_what_load_would_refuse_is_not_saved(tmp_path, labels, message):
     model = tiny_cnn()
-    model.meta["labels"] = ["cat", "\x1b[2Jdog", "ship"]
-    with pytest.raises(ModelFileError, match=r"'meta.labels\[1\]' holds .*U\+001B"):
+    model.meta["labels"] = labels
+    with pytest.raises(ModelFileError, match=message):
         model.save_weights(tmp_path / "m.npz")
     assert list(tmp_path.iterdir()) == []

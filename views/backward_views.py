@@ -101,8 +101,14 @@ def gradient_summary_view(ctx: ViewContext) -> Group:
     text.append(f"{what}, shape {tuple(g.shape)}: ‖·‖ = {plain(e.norm)}   min {num(g.min())}  max {num(g.max())}\n")
     if e.input_gradient is not None:
         text.append(f"it passes on ∂L/∂x, shape {tuple(np.shape(e.input_gradient))}\n")
+    used = 0  # one norm never breaks across lines: a line holds the norms that fit the panel
     for weight, norm in e.weight_norms.items():
-        text.append(f"‖∂L/∂{clean_text(weight, 30)}‖ = {plain(norm)}   ", style="dim")
+        item = f"‖∂L/∂{clean_text(weight, 30)}‖ = {plain(norm)}   "
+        if used and used + len(item.rstrip()) > ctx.width:
+            text.append("\n")
+            used = 0
+        text.append(item, style="dim")
+        used += len(item)
     if e.weight_norms:
         text.append("\n")
     if ctx.keras_diff is not None:
@@ -263,8 +269,13 @@ def pool_routing_view(ctx: ViewContext) -> Group:
     else:
         n = int(e.real.sum())
         cell = tuple(np.argwhere(e.real)[0])
-        head.append(f"average pooling: each of the {n} real cells gets ∂L/∂y / {n} = {sig(e.output_gradient)} / {n} = ")
-        head.append(ctx.shown("routed", sig(e.routed[cell])), style="bold reverse")
+        value = ctx.shown("routed", sig(e.routed[cell]))
+        equation = f"∂L/∂y / {n} = {sig(e.output_gradient)} / {n} = "
+        lead = f"average pooling: each of the {n} real cells gets "
+        if len(lead) + len(equation) + len(value) > ctx.width:  # the equation on a line of its own
+            lead = lead.rstrip() + "\n"
+        head.append(lead + equation)
+        head.append(value, style="bold reverse")
     head.append(f"\ninput cell of window cell (0, 0): row {e.origin[0]}, col {e.origin[1]}", style="dim")
     grids = [stack(Text("window (forward values)", style="dim"), number_grid(e.window, "{:+.4f}", special=~e.real)),
              stack(Text("gradient each cell receives", style="dim"),
@@ -365,7 +376,7 @@ def recurrent_gradient_view(ctx: ViewContext) -> Group:
     maps = recurrent_gradient_heatmaps(ctx)
     sweep = sorted(ctx.replay.sweep(), key=lambda ev: ev.time)
     tokens = ctx.trace.context.get("tokens") or []
-    padded = [ev for ev in sweep if ev.time < len(tokens) and not tokens[ev.time]]
+    padded = [ev for ev in sweep if ev.masked]  # the layer's own mask, not the token text
     norms = Text("‖δh‖ per token (how much gradient reaches each step):\n", style="dim")
     # `earlier_norms` withholds every norm but the selected step's and the one a step back from it
     # (backpropagation runs against the sweep: to time − 1 in a forward sweep, time + 1 backward)

@@ -70,11 +70,17 @@ def conv_heatmaps(ctx: ViewContext) -> list[Heatmap]:
 def conv_view(ctx: ViewContext) -> Group:
     e = ctx.event
     kh, kw, cin = e.patch.shape
-    title = Text(f"{clean_text(e.layer)}: filter {e.filter} at output row {e.row}, col {e.col}", style="bold")
+    base = (getattr(e, "group", 0) or 0) * cin  # a grouped or depthwise filter reads input channels base…
+    depthwise = getattr(e, "stage", "") == "depthwise"
+    if depthwise:  # a separable conv's first stage: its own channels, no bias, no activation
+        title = Text(f"{clean_text(e.layer)}: depthwise stage, intermediate channel {e.filter} (from input channel "
+                     f"{base}) at row {e.row}, col {e.col}", style="bold")
+    else:
+        title = Text(f"{clean_text(e.layer)}: filter {e.filter} at output row {e.row}, col {e.col}", style="bold")
     sums = e.channel_totals
     equation = Text()
     if cin <= 4:
-        names = " + ".join(f"ch{ch}" for ch in range(cin))
+        names = " + ".join(f"ch{base + ch}" for ch in range(cin))
         summed = ctx.shown("channel_totals", terms(sums))
         total = ctx.shown("total", num(e.total))
         equation.append(line(ctx, f"Σ products = {names} = {summed} = {total}", f"Σ products = {summed} = {total}")
@@ -82,10 +88,16 @@ def conv_view(ctx: ViewContext) -> Group:
     else:
         equation.append(f"Σ products = the sum of the {cin} channel sums listed below = "
                         f"{ctx.shown('total', num(e.total))}\n")
-    equation.append(f"z = Σ products + bias = {ctx.shown('total', num(e.total))} {term(e.bias)} = "
-                    f"{ctx.shown('pre_activation', num(e.pre_activation))}\n")
-    equation.append(activation_line(ctx, e.activation, e.pre_activation, e.value))
-    keras_note(equation, ctx, (e.row, e.col, e.filter))
+    if depthwise:
+        equation.append(f"intermediate d = Σ products = {ctx.shown('value', num(e.value))}\n", style="bold")
+        equation.append("the depthwise stage adds no bias and applies no activation; the pointwise stage, whose "
+                        "steps follow, mixes the intermediate channels at each cell, adds the bias and gives "
+                        "the layer's output (compared with Keras there)", style="dim")
+    else:
+        equation.append(f"z = Σ products + bias = {ctx.shown('total', num(e.total))} {term(e.bias)} = "
+                        f"{ctx.shown('pre_activation', num(e.pre_activation))}\n")
+        equation.append(activation_line(ctx, e.activation, e.pre_activation, e.value))
+        keras_note(equation, ctx, (e.row, e.col, e.filter))
     parts: list = [title, equation]
     if e.input_size:
         parts.append(size_line(ctx, e))
@@ -93,20 +105,21 @@ def conv_view(ctx: ViewContext) -> Group:
         per_row = max(1, (ctx.width - 2) // 14)
         lines = Text("channel sums: ", style="dim")
         for ch, value in enumerate(sums):
-            lines.append(f"{'' if ch % per_row else chr(10)}ch{ch} {ctx.shown('channel_totals', num(value))}  ")
+            lines.append(f"{'' if ch % per_row else chr(10)}ch{base + ch} {ctx.shown('channel_totals', num(value))}  ")
         parts.append(lines)
     rows = []
     for ch in range(min(cin, 3)):
         grids = [stack(Text(label, style="dim"), grid) for label, grid in zip(
-            [f"patch ch{ch}", f"× kernel ch{ch}", f"= products ch{ch}"],
+            [f"patch ch{base + ch}", f"× kernel ch{base + ch}", f"= products ch{base + ch}"],
             [number_grid(e.patch[..., ch], "{:+.3f}", special=e.padding, special_text="pad"),
              number_grid(e.kernel[..., ch], "{:+.3f}"),
              number_grid(e.products[..., ch], "{:+.3f}", withheld="products" in ctx.hidden)])]
         rows.append(fit(grids, ctx.width))
-        rows.append(Text(f"ch{ch}: Σ of these {kh * kw} products = {ctx.shown('channel_totals', num(sums[ch]))}",
-                         style="dim"))
+        rows.append(Text(f"ch{base + ch}: Σ of these {kh * kw} products = "
+                         f"{ctx.shown('channel_totals', num(sums[ch]))}", style="dim"))
     if cin > 3:
-        rows.append(Text(f"channels 0–2 of {cin} shown; every channel's sum is listed above", style="dim"))
+        rows.append(Text(f"channels {base}–{base + 2} of {base}–{base + cin - 1} shown; every channel's sum is listed "
+                         "above", style="dim"))
     parts.append(stack(*rows))
     parts.append(Text("padding cells (pad) hold 0" if e.padding.any() else "", style="dim"))
     parts.append(pictures(ctx, e))

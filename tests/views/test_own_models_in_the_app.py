@@ -1,6 +1,7 @@
 """Own models in the app: every layer of each graph kind opens, steps and moves its cursor, the
 layer list marks each layer ✓ against Keras, and no view fails."""
 import asyncio
+import re
 
 import numpy as np
 import pytest
@@ -50,5 +51,58 @@ def test_each_layer_of_an_own_model_opens_in_the_app(kind, tmp_path):
                 screen = screen_text(app)
                 assert "cannot show this step" not in screen and "unexpected error" not in screen, screen
             assert kinds - {None}, "no layer had steps"
+
+    asyncio.run(run())
+
+
+def test_depthwise_steps_name_their_input_channel_and_claim_no_output(tmp_path):
+    """A separable conv's depthwise stage has channels of its own, no bias and no activation: its
+    steps show the intermediate value, not an `out =` line or a Keras value (Keras's output is the
+    pointwise stage's). A depthwise filter with depth multiplier 2 reads input channel f // 2."""
+    import keras
+
+    from nntrace.views.view_kit import ViewContext  # noqa: F401 — the views render through the app
+
+    inputs = keras.Input((6, 6, 3))
+    dw = keras.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(inputs)
+    sep = keras.layers.SeparableConv2D(4, 2, activation="tanh", name="sep")(dw)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(sep)))
+    randomise_weights(model, 3)
+    model.save(tmp_path / "m.keras")
+    scratch = load_scratch(model)
+    x = np.random.default_rng(4).uniform(-1, 1, (1, 6, 6, 3)).astype(np.float32)
+    t = trace(scratch, x)
+    t.context["model_input"] = x
+    app = NNTraceApp(Session(t, "noise", tmp_path / "m.keras"), scratch)
+
+    async def run():
+        async with app.run_test(size=(120, 40)) as pilot:
+            for _ in range(300):
+                if app.keras.outputs is not None or "could not" in app.keras.status:
+                    break
+                await asyncio.sleep(0.1)
+            assert app.keras.outputs is not None, app.keras.status
+            app.replay.go_to("sep", 0)
+            app.refresh_view()
+            await pilot.pause()
+            e = app.current_event()
+            assert e.stage == "depthwise"
+            screen = screen_text(app)
+            assert "depthwise stage, intermediate channel 0 (from input channel 0)" in screen
+            assert f"intermediate d = Σ products = {e.value:+.4f}" in screen
+            assert not re.search(r"Keras: [+-]?\d", screen) and "out =" not in screen
+            pointwise = next(i for i, ev in enumerate(t.recorded_steps.get("sep") or app.replay.events_until("sep", 1 << 30))
+                             if ev.stage == "pointwise")
+            app.replay.go_to("sep", pointwise)
+            app.refresh_view()
+            await pilot.pause()
+            assert re.search(r"Keras: [+-]?\d", screen_text(app)) and "out = tanh" in screen_text(app)
+            app.replay.go_to("dw", 0)
+            app.replay.jump("0 0 3")  # row 0, col 0, filter 3: input channel 1
+            app.refresh_view()
+            await pilot.pause()
+            assert app.current_event().filter == 3
+            screen = screen_text(app)
+            assert "patch ch1" in screen and "Σ products = ch1 =" in screen and "ch0" not in screen
 
     asyncio.run(run())

@@ -622,10 +622,19 @@ class Recurrent(Layer):
             grads["bias"] = d_bias if d_recurrent_bias is None else np.stack([d_bias, d_recurrent_bias])
         return (dz_rows @ kernel.T).reshape(x.shape), grads
 
-    def steps(self, x, mask=None, context=None, times=None, direction: str = "forward"):
+    def sweep_direction(self, direction: str | None) -> str:
+        """The direction the events name: as given (a Bidirectional's halves), else "backward"
+        for a layer that reads the sequence reversed (`go_backwards`), "forward" otherwise."""
+        if direction is not None:
+            return direction
+        return "backward" if self.config.get("go_backwards", False) else "forward"
+
+    def steps(self, x, mask=None, context=None, times=None, direction: str | None = None):
         """One `RNNStep`/`LSTMStep` per time step of sample `x` `(1, timesteps, features)`, in
         processing order; `times` keeps only those input-order indices."""
         from nntrace.tracer.events import GRUStep, LSTMStep, RNNStep
+
+        direction = self.sweep_direction(direction)
 
         self.check_input(x, mask)
         x = as_float32(x)
@@ -654,11 +663,12 @@ class Recurrent(Layer):
             else:
                 yield RNNStep(self.name, **parts, **common)
 
-    def backward_steps(self, x, mask=None, dy=None, context=None, times=None, direction: str = "forward"):
+    def backward_steps(self, x, mask=None, dy=None, context=None, times=None, direction: str | None = None):
         """One `RecurrentGradient` per time step of sample `x` `(1, timesteps, features)` for ∂L/∂y
         `dy` (`(1, units)`, or `(1, timesteps, units)` in processing order with
         `return_sequences`), in the order backpropagation through time visits them (the last
         processed step first); `times` keeps only those input-order indices."""
+        direction = self.sweep_direction(direction)
         from nntrace.tracer.events import RecurrentGradient
 
         if not hasattr(self.cell, "step_backward"):

@@ -632,18 +632,36 @@ def merge_view(ctx: ViewContext) -> Group:
     else:
         text.append(f"result[{u}] = ")
     text.append(num(result[u]), style="bold reverse")
-    if e.mode == "concatenate":
-        text.append(f"\nconcatenated along axis {e.axis}: the inputs' values follow each other in that order",
-                    style="dim")
+    shape = np.shape(e.result)
+    where = tuple(int(i) for i in np.unravel_index(u, shape)) if shape else ()
+    if len(shape) > 1:
+        text.append(f"\nresult[{u}] is the value at {where} of the {'×'.join(map(str, shape))} result "
+                    "(↑/↓/←/→ step through them in order)", style="dim")
+    if e.mode == "concatenate" and e.axis is not None and shape:
+        axis = e.axis % len(shape)
+        start, k = 0, 0
+        for k, op in enumerate(e.operands):  # which input the selected value comes from
+            if where[axis] < start + np.shape(op)[axis]:
+                break
+            start += np.shape(op)[axis]
+        local = where[:axis] + (where[axis] - start,) + where[axis + 1:]
+        text.append(f"\nconcatenated along axis {e.axis}: the inputs' values follow each other in that order; "
+                    f"this one is input {k}'s value at {local}", style="dim")
     if any(m is not None for m in e.masks):
         text.append("\nmasked positions of an input take no part", style="dim")
-    flat = [np.atleast_2d(np.asarray(op, np.float32).reshape(-1)) for op in e.operands] + [np.atleast_2d(result)]
-    scale = Scale.signed(np.concatenate([f.ravel() for f in flat]))
+    flat = [np.asarray(op, np.float32).reshape(-1) for op in e.operands] + [result.astype(np.float32)]
+    scale = Scale.signed(np.concatenate(flat))
+    width = max(ctx.width - 12, 16)
+    lo = min(max(u - width // 2, 0), max(result.size - width, 0))  # a window of the strips around the selection
     rows = Table.grid(padding=(0, 1))
     for k, f in enumerate(flat):
+        aligned = f.size == result.size  # the same position in this strip holds the selected value's operand
+        part = f[lo:lo + width] if aligned else f[:width]
         rows.add_row(Text("result" if k == len(flat) - 1 else f"input {k}", style="bold"),
-                     half_block_heatmap(f[:, :max(ctx.width - 12, 16)], scale))
-    return Group(text, rows, scale.legend(12))
+                     half_block_heatmap(part[None, :], scale, mark=(0, u - lo) if aligned else None))
+    caption = Text(f"values {lo}–{lo + min(width, result.size) - 1} of {result.size} in order; white: the selected one",
+                   style="dim")
+    return Group(text, rows, caption, scale.legend(12))
 
 
 def normalize_view(ctx: ViewContext) -> Group:

@@ -106,3 +106,49 @@ def test_depthwise_steps_name_their_input_channel_and_claim_no_output(tmp_path):
             assert "patch ch1" in screen and "Σ products = ch1 =" in screen and "ch0" not in screen
 
     asyncio.run(run())
+
+
+def test_a_merge_step_says_where_its_value_sits_and_marks_it():
+    """Add and Concatenate over 3-D maps: the flat index is placed in the result's shape, a
+    concatenated value is traced to the input it came from, and the strips show a window around
+    the selected value with it marked."""
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="a")(inputs)
+    b = keras.layers.Conv2D(4, 3, padding="same", name="b")(a)
+    added = keras.layers.Add(name="add")([a, b])
+    joined = keras.layers.Concatenate(name="cat")([keras.layers.MaxPooling2D(2)(added),
+                                                   keras.layers.AveragePooling2D(2)(added)])
+    head = keras.layers.Dense(3, activation="softmax")(keras.layers.GlobalAveragePooling2D()(joined))
+    model = keras.Model(inputs, head)
+    randomise_weights(model, 5)
+    scratch = load_scratch(model)
+    x = np.random.default_rng(1).uniform(0, 1, (1, 8, 8, 3)).astype(np.float32)
+    t = trace(scratch, x)
+    app = NNTraceApp(Session(t, "noise"), scratch)
+
+    async def run():
+        async with app.run_test(size=(120, 40)) as pilot:
+            app.replay.go_to("cat", 0)
+            app.refresh_view()
+            for _ in range(70):  # value 70 of the 4×4×8 result: (2, 0, 6), the average pooling's channel 2
+                await pilot.press("right")
+            await pilot.pause()
+            assert app.replay.unit == 70
+            import io
+
+            from rich.console import Console
+
+            console = Console(width=app.query_one("#view").size.width or 100, record=True, file=io.StringIO(),
+                              color_system=None)
+            console.print(app.view_renderable)  # the panel alone, not the layer list beside it
+            screen = " ".join(console.export_text().split())
+            out = np.asarray(t.output("cat"))
+            assert f"result[70] = {out[2, 0, 6]:+.4f}" in screen
+            assert "result[70] is the value at (2, 0, 6) of the 4×4×8 result" in screen
+            assert "this one is input 1's value at (2, 0, 2)" in screen
+            shown = re.search(r"values (\d+)–(\d+) of 128 in order; white: the selected one", screen)
+            assert shown and int(shown[1]) <= 70 <= int(shown[2]) and int(shown[1]) > 0  # a window around it
+
+    asyncio.run(run())

@@ -394,7 +394,7 @@ def cmd_grad(args: argparse.Namespace) -> int:
         raise InputError(f"model '{scratch.name}' has a 1-unit output: cross-entropy over one class is always 0, so "
                          "there is no gradient to show; the backward pass needs 2 or more classes "
                          "(a sigmoid binary head is not supported)")
-    label = int(np.argmax(scratch.forward(x)[0])) if args.label is None else args.label
+    label = int(np.argmax(output[0])) if args.label is None else args.label
     if not 0 <= label < n_classes:
         raise InputError(f"--label must be a class id from 0 to {n_classes - 1}, got {label}")
     y = np.array([label])
@@ -439,15 +439,15 @@ def cmd_grad(args: argparse.Namespace) -> int:
                          None)
         return found
 
+    tape = {path_: tape_weight(path_) for path_ in g.weights} if tf_g else {}
     layer_scale: dict[str, float] = {}  # the largest TensorFlow gradient among each layer's variables
-    for path_ in g.weights if tf_g else ():
-        found = tape_weight(path_)
+    for path_, found in tape.items():
         if found is not None:
-            top = float(np.abs(np.asarray(found, np.float64)).max(initial=0.0))
-            layer_scale[path_.split("/")[0]] = max(layer_scale.get(path_.split("/")[0], 0.0), top)
+            layer = path_.split("/")[0]
+            layer_scale[layer] = max(layer_scale.get(layer, 0.0), float(np.abs(np.asarray(found)).max(initial=0.0)))
     for path_, grad_ in g.weights.items():
         weights.add_row(shown(path_), "×".join(map(str, np.shape(grad_))), f"{float(np.linalg.norm(grad_)):.4e}",
-                        diff(grad_, tape_weight(path_), layer_scale.get(path_.split("/")[0])) if tf_g else "…")
+                        diff(grad_, tape[path_], layer_scale.get(path_.split("/")[0])) if tf_g else "…")
     console.print(weights)
     if g.inputs is not None:
         console.print(f"dL/dx (the raw input): ‖·‖ = {float(np.linalg.norm(g.inputs)):.4e}"

@@ -668,9 +668,9 @@ class Recurrent(Layer):
         `dy` (`(1, units)`, or `(1, timesteps, units)` in processing order with
         `return_sequences`), in the order backpropagation through time visits them (the last
         processed step first); `times` keeps only those input-order indices."""
-        direction = self.sweep_direction(direction)
         from nntrace.tracer.events import RecurrentGradient
 
+        direction = self.sweep_direction(direction)
         if not hasattr(self.cell, "step_backward"):
             return
         x = as_float32(x)[:1]  # one sample: its tape runs in the batch's order

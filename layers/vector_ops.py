@@ -81,40 +81,43 @@ SUM_ROWS = 256
 _ONES = np.ones(SUM_ROWS, np.float32)
 
 
+def grouped_sum(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Σ over the rows of `a` `(rows, channels)` (of `a·b` when `b` is given): `(channels,)`
+    float64, the rows summed in float32 groups of `SUM_ROWS` (one batched product, one pass over
+    memory) and the groups added in float64."""
+    whole = a.shape[0] // SUM_ROWS * SUM_ROWS
+    groups = (-1, SUM_ROWS, a.shape[1])
+    if b is None:
+        head = np.matmul(_ONES, a[:whole].reshape(groups))
+        tail = a[whole:].sum(axis=0, dtype=np.float64)
+    else:
+        head = np.einsum("gij,gij->gj", a[:whole].reshape(groups), b[:whole].reshape(groups))
+        tail = np.einsum("ij,ij->j", a[whole:].astype(np.float64), b[whole:])
+    return head.sum(axis=0, dtype=np.float64) + tail
+
+
 def channel_sums(x: np.ndarray) -> np.ndarray:
     """`x` `(…, channels)` summed over every axis but the last: `(channels,)` float32.
 
-    Rows are summed in groups of `SUM_ROWS` (one batched matrix-vector product, one pass over
-    memory) and the groups' sums are added in float64, so the round-off stays that of a few
-    hundred float32 additions however many rows there are. A bias's gradient is such a sum over
-    every (sample, pixel): added row after row in float32, tens of thousands of rows lose about
-    1e-4 of the result where the rows cancel.
+    Rows are summed in groups (`grouped_sum`), so the round-off stays that of a few hundred
+    float32 additions however many rows there are. A bias's gradient is such a sum over every
+    (sample, pixel): added row after row in float32, tens of thousands of rows lose about 1e-4 of
+    the result where the rows cancel.
     """
-    rows = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
-    whole = rows.shape[0] // SUM_ROWS * SUM_ROWS
-    total = np.matmul(_ONES, rows[:whole].reshape(-1, SUM_ROWS, rows.shape[1])).sum(axis=0, dtype=np.float64)
-    if whole < rows.shape[0]:
-        total += rows[whole:].sum(axis=0, dtype=np.float64)
-    return total.astype(np.float32)
+    return grouped_sum(np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])).astype(np.float32)
 
 
 def channel_dot_sums(a: np.ndarray, b: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
     """Σ a·(b − shift) over every axis but the last, for `a` and `b` of one shape `(…, channels)`
-    and `shift` `(channels,)` (default 0): `(channels,)` float32, summed in groups of `SUM_ROWS`
-    rows as `channel_sums` does. The shift is taken a block at a time (no full-size difference
+    and `shift` `(channels,)` (default 0): `(channels,)` float32, summed in groups as
+    `channel_sums` does. The shift is taken a chunk of rows at a time (no full-size difference
     array): Σ a·b − shift·Σ a would cancel away the digits when `b` sits far from 0."""
     a2 = np.ascontiguousarray(a, np.float32).reshape(-1, a.shape[-1])
     b2 = np.ascontiguousarray(b, np.float32).reshape(a2.shape)
+    if shift is None:
+        return grouped_sum(a2, b2).astype(np.float32)
+    step = max(1, 4 * BLOCK // max(a2.shape[1], 1) // SUM_ROWS) * SUM_ROWS  # whole groups, ~256 KiB a chunk
     total = np.zeros(a2.shape[1], np.float64)
-    step = max(SUM_ROWS, BLOCK // max(a2.shape[1], 1) // SUM_ROWS * SUM_ROWS)  # whole groups, ~64 KiB
     for lo in range(0, a2.shape[0], step):
-        x, y = a2[lo:lo + step], b2[lo:lo + step]
-        if shift is not None:
-            y = y - shift
-        whole = x.shape[0] // SUM_ROWS * SUM_ROWS
-        groups = (-1, SUM_ROWS, x.shape[1])
-        total += np.einsum("gij,gij->gj", x[:whole].reshape(groups), y[:whole].reshape(groups)).sum(axis=0,
-                                                                                                     dtype=np.float64)
-        if whole < x.shape[0]:
-            total += np.einsum("ij,ij->j", x[whole:].astype(np.float64), y[whole:])
+        total += grouped_sum(a2[lo:lo + step], b2[lo:lo + step] - shift)
     return total.astype(np.float32)

@@ -440,6 +440,11 @@ def _field(arch: dict, key: str, ok: Callable[[Any], bool], expected: str, path:
 MAX_SAMPLE_VALUES = 1 << 26
 
 
+def sample_values(shape: list | tuple) -> int:
+    """The values one sample of an input of `shape` `(batch, …)` holds (sizes left open count 1)."""
+    return int(np.prod([d for d in shape[1:] if d is not None], dtype=object))
+
+
 def check_text(value: str, what: str, path: Path) -> None:
     """ModelFileError when a string from the file holds a character a terminal would act on."""
     where = first_unprintable(value)
@@ -458,7 +463,7 @@ def check_architecture(arch: dict, path: Path) -> None:
             d is None or (type(d) is int and d > 0) for d in shape)):
         raise ModelFileError(f"'{path}': the architecture's 'input.shape' must be a list of positive integers "
                              f"or nulls, got {json.dumps(shape)[:60]}")
-    if shape is not None and int(np.prod([d for d in shape[1:] if d is not None], dtype=object)) > MAX_SAMPLE_VALUES:
+    if shape is not None and sample_values(shape) > MAX_SAMPLE_VALUES:
         raise ModelFileError(f"'{path}': the architecture's 'input.shape' {json.dumps(shape)[:60]} holds more than "
                              f"{MAX_SAMPLE_VALUES:,} values per sample; nntrace takes at most that many")
     if not isinstance(info.get("dtype"), (str, type(None))):
@@ -522,7 +527,7 @@ def check_runs(model: "ScratchModel", path: Path) -> None:
     whose shapes do not follow) show here rather than in the middle of a trace."""
     for info in model.graph.inputs:  # a stored graph declares its own input shapes
         shape = info.get("shape") or []
-        if int(np.prod([d for d in shape[1:] if d is not None], dtype=object)) > MAX_SAMPLE_VALUES:
+        if sample_values(shape) > MAX_SAMPLE_VALUES:
             raise ModelFileError(f"'{path}': input '{info.get('name')}' of shape {tuple(shape)} holds more than "
                                  f"{MAX_SAMPLE_VALUES:,} values per sample; nntrace takes at most that many")
     try:

@@ -375,7 +375,6 @@ def recurrent_gradient_view(ctx: ViewContext) -> Group:
                 f"{token_label(ctx.trace, e.time)}, unit {ctx.replay.unit} of 0–{len(e.dh) - 1}\n", style="bold")
     maps = recurrent_gradient_heatmaps(ctx)
     sweep = sorted(ctx.replay.sweep(), key=lambda ev: ev.time)
-    tokens = ctx.trace.context.get("tokens") or []
     padded = [ev for ev in sweep if ev.masked]  # the layer's own mask, not the token text
     norms = Text("‖δh‖ per token (how much gradient reaches each step):\n", style="dim")
     # `earlier_norms` withholds every norm but the selected step's and the one a step back from it
